@@ -1,0 +1,72 @@
+"""The Python face of a loaded model: numpy in, numpy out."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from . import _native
+from ._native import VMambaError
+
+
+def _as_batch(x) -> np.ndarray:
+    """Check and normalise an input batch to C-contiguous float32 (B, C, H, W).
+
+    Any real floating dtype is converted to float32; integer, bool and complex
+    inputs are refused (images go through preprocessing first).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"input must be a floating-point array (B, 3, H, W); got dtype {arr.dtype} "
+            "(preprocess images first, or use model.predict)"
+        )
+    if arr.ndim != 4:
+        raise ValueError(f"input must have 4 dimensions (B, C, H, W); got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class Model:
+    """A VMamba model loaded from converted safetensors weights.
+
+    >>> import numpy as np, vmamba_rt
+    >>> model = vmamba_rt.load()                     # the bundled digits model
+    >>> model(np.zeros((1, 3, 64, 64), np.float32)).shape
+    (1, 10)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None):
+        self.path = os.fspath(path)
+        self._native = _native.Model(self.path, num_threads)
+        self.config: dict = json.loads(self._native.config_json)
+        self.metadata: dict[str, str] = dict(self._native.metadata)
+
+    @property
+    def is_backbone(self) -> bool:
+        """True for detection / segmentation backbones (no classifier head)."""
+        return self.config.get("out_indices") is not None
+
+    @property
+    def min_size(self) -> int:
+        """Smallest square input side (pixels) the model accepts."""
+        return self._native.min_size
+
+    def __call__(self, x) -> np.ndarray:
+        """Logits (B, num_classes) for a float array x of shape (B, 3, H, W)."""
+        if self.is_backbone:
+            raise VMambaError(
+                f"{self.path} is a backbone (out_indices {self.config['out_indices']}) without a classifier "
+                "head: call model.features(x)"
+            )
+        return self._native.forward(_as_batch(x))
+
+    def features(self, x) -> list[np.ndarray]:
+        """Feature maps (NCHW). Backbones: one per ``out_indices`` stage after its
+        ``outnorm``. Classifiers: the four stage outputs before their downsample."""
+        return self._native.features(_as_batch(x))
+
+    def __repr__(self) -> str:
+        kind = "backbone" if self.is_backbone else f"{self.config['num_classes']} classes"
+        return f"<vmamba_rt.Model {os.path.basename(self.path)}: dims {self.config['dims']}, depths {self.config['depths']}, {kind}>"

@@ -1,0 +1,97 @@
+//! Python bindings of vmamba-rt: a thin layer over the Rust core. Arrays cross
+//! without copies on the way in; every forward pass runs with the GIL released.
+//! The friendly API (`vmamba_rt.load`, `Model`) is plain Python on top of this.
+
+use numpy::{IntoPyArray, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use vmamba_rt::{Error, VMamba};
+
+create_exception!(_native, VMambaError, PyValueError, "Any error raised by vmamba-rt; the message says what and where.");
+
+fn to_py(e: Error) -> PyErr {
+    VMambaError::new_err(e.to_string())
+}
+
+/// A loaded model (see `vmamba_rt.Model` for the documented API).
+#[pyclass(module = "vmamba_rt._native", frozen)]
+struct Model {
+    inner: VMamba,
+}
+
+fn shape4(x: &PyReadonlyArray4<f32>) -> PyResult<[usize; 4]> {
+    if !x.is_c_contiguous() {
+        return Err(VMambaError::new_err("input must be C-contiguous (use numpy.ascontiguousarray)"));
+    }
+    let s = x.shape();
+    Ok([s[0], s[1], s[2], s[3]])
+}
+
+#[pymethods]
+impl Model {
+    #[new]
+    #[pyo3(signature = (path, num_threads=None))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, num_threads: Option<usize>) -> PyResult<Self> {
+        let mut inner = py.detach(|| VMamba::load(&path)).map_err(to_py)?;
+        if let Some(n) = num_threads {
+            inner.set_num_threads(n).map_err(to_py)?;
+        }
+        Ok(Model { inner })
+    }
+
+    /// The architecture as JSON.
+    #[getter]
+    fn config_json(&self) -> String {
+        self.inner.config().to_json()
+    }
+
+    /// Header metadata of the weights file.
+    #[getter]
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.metadata() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// Smallest square input side the model accepts.
+    #[getter]
+    fn min_size(&self) -> usize {
+        self.inner.min_size()
+    }
+
+    /// Logits (B, num_classes) for x (B, C, H, W) float32.
+    fn forward<'py>(&self, py: Python<'py>, x: PyReadonlyArray4<'py, f32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let shape = shape4(&x)?;
+        let data = x.as_slice()?;
+        let logits = py.detach(|| self.inner.forward(data, shape)).map_err(to_py)?;
+        let classes = logits.len() / shape[0];
+        logits.into_pyarray(py).reshape([shape[0], classes])
+    }
+
+    /// Feature maps, each (B, C, H, W).
+    fn features<'py>(&self, py: Python<'py>, x: PyReadonlyArray4<'py, f32>) -> PyResult<Vec<Bound<'py, PyArray4<f32>>>> {
+        let shape = shape4(&x)?;
+        let data = x.as_slice()?;
+        let maps = py.detach(|| self.inner.features(data, shape)).map_err(to_py)?;
+        maps.into_iter().map(|m| m.data.into_pyarray(py).reshape(m.shape)).collect()
+    }
+}
+
+/// Load a weights file and build the model, raising VMambaError on any mismatch.
+#[pyfunction]
+fn check_weights(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+    py.detach(|| VMamba::load(&path)).map(|_| ()).map_err(to_py)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(check_weights, m)?)?;
+    m.add("VMambaError", m.py().get_type::<VMambaError>())?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Architecture description of a VMamba model (SPEC.md sections 1-6) and the
+//! released presets. Field names follow the official `VSSM` constructor, so the
+//! JSON stored in converted weights reads like the official kwargs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How SS2D combines the scanned signal (SPEC.md section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardType {
+    /// Vanilla VMamba: `in_proj` yields `[x, z]` and the output is gated by `SiLU(z)`.
+    #[serde(rename = "v0")]
+    V0,
+    /// VMamba v2 releases: no gate.
+    #[serde(rename = "v05_noz")]
+    V05NoZ,
+}
+
+/// Patch-embedding stem (SPEC.md section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StemVersion {
+    #[serde(rename = "v1")]
+    V1,
+    #[serde(rename = "v2")]
+    V2,
+}
+
+/// Downsampling between stages (SPEC.md section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownsampleVersion {
+    #[serde(rename = "v1")]
+    V1,
+    #[serde(rename = "v2")]
+    V2,
+    #[serde(rename = "v3")]
+    V3,
+}
+
+/// Rank of the dt projection: `"auto"` means `ceil(C / 16)` at each stage width C.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DtRank {
+    Fixed(usize),
+    Named(String),
+}
+
+fn default_conv() -> usize {
+    3
+}
+fn default_in_chans() -> usize {
+    3
+}
+fn default_patch_size() -> usize {
+    4
+}
+fn default_dt_rank() -> DtRank {
+    DtRank::Named("auto".into())
+}
+
+/// The constructor arguments of a VMamba model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub dims: usize,
+    pub depths: Vec<usize>,
+    pub ssm_d_state: usize,
+    pub ssm_ratio: f64,
+    #[serde(default = "default_dt_rank")]
+    pub ssm_dt_rank: DtRank,
+    #[serde(default = "default_conv")]
+    pub ssm_conv: usize,
+    pub ssm_conv_bias: bool,
+    pub forward_type: ForwardType,
+    pub mlp_ratio: f64,
+    pub patchembed_version: StemVersion,
+    pub downsample_version: DownsampleVersion,
+    #[serde(default)]
+    pub num_classes: usize,
+    /// Stages whose normed output a backbone returns; `None` for a classifier.
+    #[serde(default)]
+    pub out_indices: Option<Vec<usize>>,
+    #[serde(default = "default_in_chans")]
+    pub in_chans: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+}
+
+impl Config {
+    /// Width of stage `i`: `dims * 2^i`.
+    pub fn stage_dim(&self, i: usize) -> usize {
+        self.dims << i
+    }
+
+    /// Inner SS2D width at model width `c`: `int(ssm_ratio * c)`.
+    pub fn d_inner(&self, c: usize) -> usize {
+        (self.ssm_ratio * c as f64) as usize
+    }
+
+    /// Rank of the dt projection at model width `c`.
+    pub fn dt_rank(&self, c: usize) -> usize {
+        match &self.ssm_dt_rank {
+            DtRank::Fixed(r) => *r,
+            DtRank::Named(_) => c.div_ceil(16),
+        }
+    }
+
+    /// Hidden width of the MLP at model width `c` (0 when there is no MLP).
+    pub fn mlp_hidden(&self, c: usize) -> usize {
+        (self.mlp_ratio * c as f64) as usize
+    }
+
+    /// True for detection / segmentation backbones (no classifier head).
+    pub fn is_backbone(&self) -> bool {
+        self.out_indices.is_some()
+    }
+
+    /// Parse and validate a config from its JSON form.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Config = serde_json::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The JSON form stored in converted weights.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("config serialises")
+    }
+
+    /// Reject configurations the runtime cannot build, with the field that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.dims == 0 {
+            return bad("dims must be positive".into());
+        }
+        if self.depths.is_empty() || self.depths.len() > 8 {
+            return bad(format!("depths must list 1 to 8 stages, got {:?}", self.depths));
+        }
+        if self.ssm_ratio > 0.0 && self.ssm_d_state == 0 {
+            return bad("ssm_d_state must be positive".into());
+        }
+        if !(self.ssm_ratio >= 0.0 && self.ssm_ratio <= 64.0) {
+            return bad(format!("ssm_ratio {} out of range", self.ssm_ratio));
+        }
+        if !(self.mlp_ratio >= 0.0 && self.mlp_ratio <= 64.0) {
+            return bad(format!("mlp_ratio {} out of range", self.mlp_ratio));
+        }
+        if let DtRank::Named(s) = &self.ssm_dt_rank {
+            if s != "auto" {
+                return bad(format!("ssm_dt_rank must be \"auto\" or an integer, got {s:?}"));
+            }
+        }
+        if matches!(self.ssm_dt_rank, DtRank::Fixed(0)) {
+            return bad("ssm_dt_rank must be positive".into());
+        }
+        if self.ssm_conv == 0 || self.ssm_conv % 2 == 0 {
+            return bad(format!("ssm_conv must be odd, got {}", self.ssm_conv));
+        }
+        if self.in_chans == 0 {
+            return bad("in_chans must be positive".into());
+        }
+        if self.patch_size != 4 {
+            return bad(format!("patch_size must be 4, got {}", self.patch_size));
+        }
+        if self.patchembed_version == StemVersion::V2 && self.dims % 2 != 0 {
+            return bad(format!("the v2 stem needs even dims, got {}", self.dims));
+        }
+        match &self.out_indices {
+            Some(idx) => {
+                if let Some(i) = idx.iter().find(|&&i| i >= self.depths.len()) {
+                    return bad(format!("out_indices holds {i}, but there are {} stages", self.depths.len()));
+                }
+            }
+            None if self.num_classes == 0 => {
+                return bad("a classifier needs num_classes > 0 (or give out_indices for a backbone)".into())
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Names of the released configurations (SPEC.md section 6).
+    pub const PRESETS: [&'static str; 9] = [
+        "vanilla-vmamba-tiny",
+        "vanilla-vmamba-small",
+        "vanilla-vmamba-base",
+        "vmamba-tiny-s2l5",
+        "vmamba-small-s2l15",
+        "vmamba-base-s2l15",
+        "vmamba-tiny-s1l8",
+        "vmamba-small-s1l20",
+        "vmamba-base-s1l20",
+    ];
+
+    /// A released configuration by name, with 1000 ImageNet classes.
+    pub fn preset(name: &str) -> Option<Self> {
+        let (dims, depths, v2, ratio): (usize, [usize; 4], bool, f64) = match name {
+            "vanilla-vmamba-tiny" => (96, [2, 2, 9, 2], false, 2.0),
+            "vanilla-vmamba-small" => (96, [2, 2, 27, 2], false, 2.0),
+            "vanilla-vmamba-base" => (128, [2, 2, 27, 2], false, 2.0),
+            "vmamba-tiny-s2l5" => (96, [2, 2, 5, 2], true, 2.0),
+            "vmamba-small-s2l15" => (96, [2, 2, 15, 2], true, 2.0),
+            "vmamba-base-s2l15" => (128, [2, 2, 15, 2], true, 2.0),
+            "vmamba-tiny-s1l8" => (96, [2, 2, 8, 2], true, 1.0),
+            "vmamba-small-s1l20" => (96, [2, 2, 20, 2], true, 1.0),
+            "vmamba-base-s1l20" => (128, [2, 2, 20, 2], true, 1.0),
+            _ => return None,
+        };
+        Some(Config {
+            dims,
+            depths: depths.to_vec(),
+            ssm_d_state: if v2 { 1 } else { 16 },
+            ssm_ratio: ratio,
+            ssm_dt_rank: default_dt_rank(),
+            ssm_conv: 3,
+            ssm_conv_bias: !v2,
+            forward_type: if v2 { ForwardType::V05NoZ } else { ForwardType::V0 },
+            mlp_ratio: if v2 { 4.0 } else { 0.0 },
+            patchembed_version: if v2 { StemVersion::V2 } else { StemVersion::V1 },
+            downsample_version: if v2 { DownsampleVersion::V3 } else { DownsampleVersion::V1 },
+            num_classes: 1000,
+            out_indices: None,
+            in_chans: 3,
+            patch_size: 4,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_sizes_follow_the_spec() {
+        let c = Config::preset("vmamba-tiny-s1l8").unwrap();
+        assert_eq!(c.stage_dim(3), 768);
+        assert_eq!(c.d_inner(96), 96);
+        assert_eq!(c.dt_rank(96), 6);
+        assert_eq!(c.dt_rank(100), 7);
+        assert_eq!(c.mlp_hidden(96), 384);
+        let v = Config::preset("vanilla-vmamba-tiny").unwrap();
+        assert_eq!(v.d_inner(96), 192);
+        assert_eq!(v.forward_type, ForwardType::V0);
+    }
+
+    #[test]
+    fn json_round_trip_and_validation() {
+        let c = Config::preset("vmamba-tiny-s2l5").unwrap();
+        assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
+        let bad = c.to_json().replace("\"auto\"", "\"sometimes\"");
+        let err = Config::from_json(&bad).unwrap_err().to_string();
+        assert!(err.contains("ssm_dt_rank"), "{err}");
+        let mut b = c.clone();
+        b.out_indices = Some(vec![0, 7]);
+        assert!(b.validate().unwrap_err().to_string().contains("out_indices holds 7"));
+    }
+}

@@ -1,0 +1,47 @@
+//! The one error type of the crate. Every message names what was wrong and where,
+//! so a user can act on it without reading the source.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid safetensors file.
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Format { path: String, reason: String },
+    /// The architecture description is missing or inconsistent.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// A tensor the architecture needs is not in the file.
+    #[error("weights are missing tensor '{0}'")]
+    MissingTensor(String),
+    /// The file holds a tensor the architecture does not use.
+    #[error("weights hold unexpected tensor '{0}' (not part of this architecture)")]
+    UnexpectedTensor(String),
+    /// A tensor has another shape than the architecture needs.
+    #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype the runtime does not read.
+    #[error("tensor '{name}' has dtype {dtype}; converted weights must be F32")]
+    Dtype { name: String, dtype: String },
+    /// The input batch does not fit the model.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// The call needs a classifier head but the model is a backbone (or the reverse).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,214 @@
+//! Convolutions on channel-last maps: im2col for the dense strided convolutions
+//! of the stem and downsampling (the product then goes through `matmul`), and a
+//! direct depthwise convolution for SS2D.
+
+use rayon::prelude::*;
+
+use super::math;
+use super::simd::dispatch;
+
+/// Output size of a convolution along one axis.
+pub fn out_size(n: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (n + 2 * pad).saturating_sub(k) / stride + 1
+}
+
+/// Gather patches: x (B, H, W, C) -> cols (B*Ho*Wo, k*k*C), patch order (ky, kx, c),
+/// zeros where the window leaves the image.
+pub fn im2col(x: &[f32], b: usize, h: usize, w: usize, c: usize, k: usize, stride: usize, pad: usize) -> Vec<f32> {
+    let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+    let kc = k * k * c;
+    let mut cols = vec![0.0f32; b * ho * wo * kc];
+    cols.par_chunks_mut(wo * kc).enumerate().for_each(|(row, out)| {
+        let (bi, oy) = (row / ho, row % ho);
+        for ox in 0..wo {
+            for ky in 0..k {
+                let iy = (oy * stride + ky) as isize - pad as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * stride + kx) as isize - pad as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let src = ((bi * h + iy as usize) * w + ix as usize) * c;
+                    let dst = ox * kc + (ky * k + kx) * c;
+                    out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                }
+            }
+        }
+    });
+    cols
+}
+
+/// Re-lay a PyTorch conv weight (Cout, Cin, k, k) as (Cout, k*k*Cin) in im2col order.
+pub fn conv_weight_to_cols(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    for o in 0..cout {
+        for i in 0..cin {
+            for t in 0..k * k {
+                out[o * k * k * cin + t * cin + i] = w[(o * cin + i) * k * k + t];
+            }
+        }
+    }
+    out
+}
+
+/// Depthwise k x k convolution, stride 1, "same" padding, then SiLU.
+/// x: (B, H, W, C) with row stride `x_stride` (>= C); w: (k*k, C) tap-major;
+/// out: (B, H, W, C) contiguous.
+#[inline(always)]
+fn dwconv_silu_row(
+    x: &[f32],
+    x_stride: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    y: usize,
+    out: &mut [f32],
+) {
+    let pad = k / 2;
+    for ox in 0..w {
+        let o = &mut out[ox * c..(ox + 1) * c];
+        match bias {
+            Some(bv) => o.copy_from_slice(bv),
+            None => o.fill(0.0),
+        }
+        for ky in 0..k {
+            let iy = y as isize + ky as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for kx in 0..k {
+                let ix = ox as isize + kx as isize - pad as isize;
+                if ix < 0 || ix >= w as isize {
+                    continue;
+                }
+                let src = &x[(iy as usize * w + ix as usize) * x_stride..][..c];
+                let tap = &wt[(ky * k + kx) * c..][..c];
+                for ((o, s), t) in o.iter_mut().zip(src).zip(tap) {
+                    *o += s * t;
+                }
+            }
+        }
+        o.iter_mut().for_each(|v| *v = math::silu(*v));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dwconv_silu_rows(
+    x: &[f32],
+    x_stride: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    y0: usize,
+    out: &mut [f32],
+) {
+    for (i, row) in out.chunks_mut(w * c).enumerate() {
+        dwconv_silu_row(x, x_stride, h, w, c, k, wt, bias, y0 + i, row);
+    }
+}
+
+dispatch!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y0: usize, out: &mut [f32]) => dwconv_silu_rows);
+
+/// Depthwise convolution + SiLU over a batch; see `dwconv_silu_row` for layouts.
+#[allow(clippy::too_many_arguments)]
+pub fn dwconv_silu(
+    x: &[f32],
+    x_stride: usize,
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert_eq!(out.len(), b * h * w * c);
+    assert!(x.len() >= (b * h * w - 1) * x_stride + c && wt.len() == k * k * c);
+    out.par_chunks_mut(w * c).enumerate().for_each(|(row, o)| {
+        let (bi, y) = (row / h, row % h);
+        let img = &x[bi * h * w * x_stride..];
+        dwconv_chunk(img, x_stride, h, w, c, k, wt, bias, y, o);
+    });
+}
+
+/// Reference depthwise conv + SiLU on an NCHW map: x (C, H, W), w (C, k, k).
+pub fn dwconv_silu_ref(x: &[f32], h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let pad = (k / 2) as isize;
+    let mut out = vec![0.0f32; c * h * w];
+    for ch in 0..c {
+        for y in 0..h as isize {
+            for xx in 0..w as isize {
+                let mut s = bias.map_or(0.0, |b| b[ch] as f64);
+                for ky in 0..k as isize {
+                    for kx in 0..k as isize {
+                        let (iy, ix) = (y + ky - pad, xx + kx - pad);
+                        if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                            s += x[(ch * h + iy as usize) * w + ix as usize] as f64
+                                * wt[(ch * k + ky as usize) * k + kx as usize] as f64;
+                        }
+                    }
+                }
+                let s = s as f32;
+                out[(ch * h + y as usize) * w + xx as usize] = s / (1.0 + (-s).exp());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{max_abs_diff, randn};
+
+    #[test]
+    fn dwconv_matches_reference() {
+        let (b, h, w, c, k) = (2, 5, 7, 11, 3);
+        let x = randn(b * h * w * c, 1);
+        let wt_ref = randn(c * k * k, 2);
+        let bias = randn(c, 3);
+        // Tap-major copy of the weight.
+        let mut wt = vec![0.0; c * k * k];
+        for ch in 0..c {
+            for t in 0..k * k {
+                wt[t * c + ch] = wt_ref[ch * k * k + t];
+            }
+        }
+        let mut got = vec![0.0; b * h * w * c];
+        dwconv_silu(&x, c, b, h, w, c, k, &wt, Some(&bias), &mut got);
+        for bi in 0..b {
+            let mut nchw = vec![0.0; c * h * w];
+            for p in 0..h * w {
+                for ch in 0..c {
+                    nchw[ch * h * w + p] = x[(bi * h * w + p) * c + ch];
+                }
+            }
+            let want = dwconv_silu_ref(&nchw, h, w, c, k, &wt_ref, Some(&bias));
+            let mut got_nchw = vec![0.0; c * h * w];
+            for p in 0..h * w {
+                for ch in 0..c {
+                    got_nchw[ch * h * w + p] = got[(bi * h * w + p) * c + ch];
+                }
+            }
+            assert!(max_abs_diff(&got_nchw, &want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn im2col_pads_with_zeros() {
+        // One 2x2 single-channel image, 3x3 window, pad 1, stride 2 -> one output pixel.
+        let cols = im2col(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 3, 2, 1);
+        assert_eq!(cols, vec![0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0]);
+    }
+}

@@ -1,0 +1,26 @@
+//! Compute kernels, kept apart from the model so each can be tested alone.
+//! Layout convention: activations are channel-last, `(rows, C)` with
+//! `rows = B*H*W`; a spatial map is `(B, H, W, C)`.
+//!
+//! Each optimised kernel has a plain reference beside it (`*_ref`), and the
+//! tests hold the two together.
+
+pub mod act;
+pub mod conv;
+pub mod cross_scan;
+pub mod matmul;
+pub mod math;
+pub mod norm;
+pub mod scan;
+pub(crate) mod simd;
+
+/// Raw pointer that may cross rayon tasks. Each task writes a disjoint part of the
+/// buffer; the call sites say which.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: only used where tasks write disjoint elements (see each call site).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// Rows handed to one rayon task by the row-wise kernels.
+pub(crate) const ROW_CHUNK: usize = 64;

@@ -1,0 +1,34 @@
+//! Runtime CPU-feature dispatch. The kernels are written once as plain loops over
+//! fixed-width lane arrays; this module compiles them a second time with AVX2+FMA
+//! enabled and picks that copy when the CPU has it. Other targets (NEON on
+//! aarch64 is part of the baseline) use the portable copy.
+
+/// Wrap an `#[inline(always)]` kernel body in an AVX2 copy and a portable copy,
+/// and dispatch on the running CPU.
+macro_rules! dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:path) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if $crate::kernels::simd::has_avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// True when the running CPU has AVX2 and FMA (cached by std).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}

@@ -1,0 +1,267 @@
+//! The VMamba network (SPEC.md section 1), top to bottom:
+//! stem -> stages of VSS blocks with downsampling -> classifier head, or, for
+//! detection / segmentation backbones, the normed outputs of selected stages.
+
+mod block;
+mod downsample;
+mod layers;
+mod ss2d;
+mod stem;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use block::VssBlock;
+use downsample::Downsample;
+use layers::{Linear, Map, Norm};
+use stem::Stem;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::weights::{Weights, META_CONFIG};
+
+/// Environment variable that sets the number of worker threads (default: all cores).
+pub const THREADS_ENV: &str = "VMAMBA_RT_NUM_THREADS";
+
+/// One feature map, channel-first: data (B, C, H, W).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureMap {
+    pub data: Vec<f32>,
+    /// [B, C, H, W]
+    pub shape: [usize; 4],
+}
+
+struct Stage {
+    blocks: Vec<VssBlock>,
+    downsample: Option<Downsample>,
+    /// `outnorm{i}` of backbone checkpoints.
+    outnorm: Option<Norm>,
+}
+
+/// Classifier: LayerNorm -> global average pool -> Linear.
+struct Head {
+    norm: Norm,
+    fc: Linear,
+}
+
+/// A loaded VMamba model, ready to run. `Send + Sync`: one model may serve many threads.
+pub struct VMamba {
+    config: Config,
+    metadata: std::collections::HashMap<String, String>,
+    stem: Stem,
+    stages: Vec<Stage>,
+    head: Option<Head>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl VMamba {
+    /// Load a converted `.safetensors` file; the architecture comes from its metadata.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let ws = Weights::open(path)?;
+        let text = ws.metadata().get(META_CONFIG).ok_or_else(|| Error::Format {
+            path: path.display().to_string(),
+            reason: format!("no '{META_CONFIG}' entry in the header metadata; convert the checkpoint with `vmamba-rt convert`"),
+        })?;
+        let config = Config::from_json(text)?;
+        Self::from_weights(config, &ws)
+    }
+
+    /// Build the model from a config and weights, checking every tensor by name and
+    /// shape and refusing tensors the architecture does not use.
+    pub fn from_weights(config: Config, ws: &Weights) -> Result<Self> {
+        config.validate()?;
+        let stem = Stem::load(&config, ws)?;
+        let n = config.depths.len();
+        let mut stages = Vec::with_capacity(n);
+        for (i, &depth) in config.depths.iter().enumerate() {
+            let c = config.stage_dim(i);
+            let blocks = (0..depth)
+                .map(|j| VssBlock::load(&config, ws, &format!("layers.{i}.blocks.{j}"), c))
+                .collect::<Result<Vec<_>>>()?;
+            let downsample = if i + 1 < n {
+                Some(Downsample::load(config.downsample_version, ws, &format!("layers.{i}.downsample"), c)?)
+            } else {
+                None
+            };
+            let outnorm = match &config.out_indices {
+                Some(idx) if idx.contains(&i) => Some(Norm::load(ws, &format!("outnorm{i}"), c)?),
+                _ => None,
+            };
+            stages.push(Stage { blocks, downsample, outnorm });
+        }
+        let head = if config.is_backbone() {
+            None
+        } else {
+            let c = config.stage_dim(n - 1);
+            Some(Head {
+                norm: Norm::load(ws, "classifier.norm", c)?,
+                fc: Linear::load(ws, "classifier.head", config.num_classes, c, true)?,
+            })
+        };
+        ws.check_all_used()?;
+        let mut model = VMamba { config, metadata: ws.metadata().clone(), stem, stages, head, pool: None };
+        if let Some(t) = std::env::var(THREADS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            model.set_num_threads(t)?;
+        }
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Header metadata of the weights file (config, labels, preprocessing, ...).
+    pub fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Run on `n` worker threads (0: rayon's global pool, all cores).
+    pub fn set_num_threads(&mut self, n: usize) -> Result<()> {
+        self.pool = if n == 0 {
+            None
+        } else {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("vmamba-rt-{i}"))
+                .build()
+                .map_err(|e| Error::Usage(format!("cannot start {n} threads: {e}")))?;
+            Some(Arc::new(pool))
+        };
+        Ok(())
+    }
+
+    /// The spatial size after the stem and after each stage's downsample, or an
+    /// error naming the smallest size that works when the input is too small.
+    fn plan(&self, h: usize, w: usize) -> Result<Vec<(usize, usize)>> {
+        let too_small = || Error::Input(format!("input of {h}x{w} pixels is too small for this model (needs at least {}x{})", self.min_size(), self.min_size()));
+        let mut sizes = vec![self.stem.out_hw(h, w).ok_or_else(too_small)?];
+        for st in &self.stages {
+            if let Some(ds) = &st.downsample {
+                let &(h, w) = sizes.last().expect("non-empty");
+                sizes.push(ds.out_hw(h, w).ok_or_else(too_small)?);
+            }
+        }
+        Ok(sizes)
+    }
+
+    /// Smallest square input side the model accepts.
+    pub fn min_size(&self) -> usize {
+        (1..=64).find(|&s| {
+            let mut ok = self.stem.out_hw(s, s);
+            for st in &self.stages {
+                if let (Some((h, w)), Some(ds)) = (ok, &st.downsample) {
+                    ok = ds.out_hw(h, w);
+                }
+            }
+            ok.is_some()
+        }).unwrap_or(64)
+    }
+
+    fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
+        let [b, c, h, w] = shape;
+        if b == 0 {
+            return Err(Error::Input("empty batch (B = 0)".into()));
+        }
+        if c != self.config.in_chans {
+            return Err(Error::Input(format!("expected {} input channels, got {c} (input shape {shape:?})", self.config.in_chans)));
+        }
+        let want = b.checked_mul(c).and_then(|v| v.checked_mul(h)).and_then(|v| v.checked_mul(w));
+        if want != Some(x.len()) {
+            return Err(Error::Input(format!("input holds {} values but shape {shape:?} needs {want:?}", x.len())));
+        }
+        self.plan(h, w).map(|_| ())
+    }
+
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// Stem and stages; calls `tap(i, map)` with each stage's output before its downsample.
+    fn trunk(&self, x: &[f32], shape: [usize; 4], mut tap: impl FnMut(usize, &Map)) -> Map {
+        let [b, c, h, w] = shape;
+        let mut map = Map { data: nchw_to_nhwc(x, b, c, h, w), b, h, w, c };
+        map = self.stem.forward(&map);
+        for (i, st) in self.stages.iter().enumerate() {
+            for blk in &st.blocks {
+                blk.forward(&mut map);
+            }
+            tap(i, &map);
+            if let Some(ds) = &st.downsample {
+                map = ds.forward(&map);
+            }
+        }
+        map
+    }
+
+    /// Class logits for an NCHW batch: x (B, 3, H, W) -> (B, num_classes), row-major.
+    pub fn forward(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
+        let head = self.head.as_ref().ok_or_else(|| {
+            Error::Usage("this is a backbone model (out_indices set, no classifier head): use features() instead".into())
+        })?;
+        self.check_input(x, shape)?;
+        Ok(self.run(|| {
+            let map = self.trunk(x, shape, |_, _| {});
+            // LayerNorm -> average over H, W -> Linear
+            let normed = head.norm.apply(&map.data);
+            let hw = map.h * map.w;
+            let pooled: Vec<f32> = normed
+                .chunks(hw * map.c)
+                .flat_map(|img| {
+                    let mut s = vec![0.0f32; map.c];
+                    img.chunks(map.c).for_each(|px| s.iter_mut().zip(px).for_each(|(a, v)| *a += v));
+                    s.iter_mut().for_each(|v| *v /= hw as f32);
+                    s
+                })
+                .collect();
+            head.fc.forward(&pooled, map.b)
+        }))
+    }
+
+    /// Feature maps (NCHW). Backbones: one per `out_indices` stage, after its
+    /// `outnorm`. Classifiers: every stage's output before its downsample.
+    pub fn features(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<FeatureMap>> {
+        self.check_input(x, shape)?;
+        Ok(self.run(|| {
+            let mut out = Vec::new();
+            self.trunk(x, shape, |i, map| {
+                let data = match (&self.config.out_indices, &self.stages[i].outnorm) {
+                    (Some(_), Some(norm)) => norm.apply(&map.data),
+                    (Some(_), None) => return,
+                    (None, _) => map.data.clone(),
+                };
+                out.push(FeatureMap { data: nhwc_to_nchw(&data, map.b, map.h, map.w, map.c), shape: [map.b, map.c, map.h, map.w] });
+            });
+            out
+        }))
+    }
+}
+
+fn nchw_to_nhwc(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(h * w * c).zip(x.par_chunks(c * h * w)).take(b).for_each(|(o, i)| {
+        for p in 0..h * w {
+            for ch in 0..c {
+                o[p * c + ch] = i[ch * h * w + p];
+            }
+        }
+    });
+    out
+}
+
+fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(c * h * w).zip(x.par_chunks(h * w * c)).take(b).for_each(|(o, i)| {
+        for p in 0..h * w {
+            for ch in 0..c {
+                o[ch * h * w + p] = i[p * c + ch];
+            }
+        }
+    });
+    out
+}

@@ -1,0 +1,57 @@
+//! Patch embedding (SPEC.md section 2): the image to stride-4 features of width C0.
+
+use super::layers::{Conv2d, Map, Norm};
+use crate::config::{Config, StemVersion};
+use crate::error::Result;
+use crate::kernels::act;
+
+pub enum Stem {
+    /// Conv(k4, s4) -> LayerNorm.
+    V1 { conv: Conv2d, norm: Norm },
+    /// Conv(k3, s2) -> LayerNorm -> GELU -> Conv(k3, s2) -> LayerNorm.
+    V2 { conv1: Conv2d, norm1: Norm, conv2: Conv2d, norm2: Norm },
+}
+
+impl Stem {
+    pub fn load(cfg: &Config, ws: &crate::Weights) -> Result<Self> {
+        let (cin, c0) = (cfg.in_chans, cfg.dims);
+        Ok(match cfg.patchembed_version {
+            StemVersion::V1 => Stem::V1 {
+                conv: Conv2d::load(ws, "patch_embed.0", cin, c0, cfg.patch_size, cfg.patch_size, 0)?,
+                norm: Norm::load(ws, "patch_embed.2", c0)?,
+            },
+            StemVersion::V2 => Stem::V2 {
+                conv1: Conv2d::load(ws, "patch_embed.0", cin, c0 / 2, 3, 2, 1)?,
+                norm1: Norm::load(ws, "patch_embed.2", c0 / 2)?,
+                conv2: Conv2d::load(ws, "patch_embed.5", c0 / 2, c0, 3, 2, 1)?,
+                norm2: Norm::load(ws, "patch_embed.7", c0)?,
+            },
+        })
+    }
+
+    /// Output size for an input of h x w, or `None` when the input is too small.
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        match self {
+            Stem::V1 { conv, .. } => conv.out_hw(h, w),
+            Stem::V2 { conv1, conv2, .. } => conv1.out_hw(h, w).and_then(|(h, w)| conv2.out_hw(h, w)),
+        }
+    }
+
+    pub fn forward(&self, x: &Map) -> Map {
+        match self {
+            Stem::V1 { conv, norm } => {
+                let mut y = conv.forward(x);
+                norm.inplace(&mut y.data);
+                y
+            }
+            Stem::V2 { conv1, norm1, conv2, norm2 } => {
+                let mut y = conv1.forward(x);
+                norm1.inplace(&mut y.data);
+                act::gelu_inplace(&mut y.data);
+                let mut y = conv2.forward(&y);
+                norm2.inplace(&mut y.data);
+                y
+            }
+        }
+    }
+}

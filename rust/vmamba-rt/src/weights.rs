@@ -1,0 +1,214 @@
+//! Converted weights: a safetensors file whose header metadata carries the
+//! architecture. Tensors are memory-mapped and borrowed in place when the file
+//! allows (F32, 4-byte aligned); every lookup checks the name and the shape.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Metadata key holding the architecture config as JSON.
+pub const META_CONFIG: &str = "vmamba_rt.config";
+
+/// Backing bytes of a weights file.
+enum Storage {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// A read-only f32 tensor, either a view into the mapped file or an owned copy.
+#[derive(Clone)]
+pub struct Param {
+    data: ParamData,
+    shape: Vec<usize>,
+}
+
+#[derive(Clone)]
+enum ParamData {
+    Mapped { file: Arc<Storage>, start: usize, len: usize },
+    Owned(Arc<Vec<f32>>),
+}
+
+impl Param {
+    /// An owned tensor (used for weights the model re-lays out at load time).
+    pub fn owned(data: Vec<f32>, shape: Vec<usize>) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Param { data: ParamData::Owned(Arc::new(data)), shape }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The elements, row-major.
+    pub fn data(&self) -> &[f32] {
+        match &self.data {
+            ParamData::Mapped { file, start, len } => {
+                // Checked at load time: in bounds, 4-byte aligned, F32 little-endian.
+                bytemuck::cast_slice(&file.bytes()[*start..*start + *len * 4])
+            }
+            ParamData::Owned(v) => v,
+        }
+    }
+
+    /// True when the tensor is read in place from the memory-mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.data, ParamData::Mapped { .. })
+    }
+}
+
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+}
+
+/// The tensors and metadata of one converted weights file.
+pub struct Weights {
+    file: Arc<Storage>,
+    entries: HashMap<String, Entry>,
+    metadata: HashMap<String, String>,
+    used: Mutex<BTreeSet<String>>,
+}
+
+impl Weights {
+    /// Memory-map a safetensors file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; like every mmap-based loader we rely on the
+        // file not being truncated by another process while the model lives.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_storage(Storage::Mapped(map), &path.display().to_string())
+    }
+
+    /// Read a safetensors file from memory (the bytes are kept).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::from_storage(Storage::Owned(bytes), "<bytes>")
+    }
+
+    fn from_storage(storage: Storage, origin: &str) -> Result<Self> {
+        let bytes = storage.bytes();
+        let format = |reason: String| Error::Format { path: origin.to_string(), reason };
+        let st = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format(e.to_string()))?;
+        let base = bytes.as_ptr() as usize;
+        let mut entries = HashMap::new();
+        for (name, view) in st.tensors() {
+            let start = view.data().as_ptr() as usize - base;
+            entries.insert(name, Entry { dtype: view.dtype(), shape: view.shape().to_vec(), start });
+        }
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        Ok(Weights { file: Arc::new(storage), entries, metadata, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// Header metadata (string to string).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Names of all tensors in the file.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// True when the file holds a tensor of that name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The tensor `name`, which must have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Param> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        if e.shape != shape {
+            return Err(Error::ShapeMismatch { name: name.into(), expected: shape.to_vec(), found: e.shape.clone() });
+        }
+        self.used.lock().expect("weights lock").insert(name.to_string());
+        let len: usize = shape.iter().product();
+        let bytes = &self.file.bytes()[e.start..];
+        let data = match e.dtype {
+            Dtype::F32 if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 => {
+                ParamData::Mapped { file: self.file.clone(), start: e.start, len }
+            }
+            Dtype::F32 => ParamData::Owned(Arc::new(
+                bytes[..len * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            )),
+            Dtype::F16 => ParamData::Owned(Arc::new(
+                bytes[..len * 2].chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+            )),
+            Dtype::BF16 => ParamData::Owned(Arc::new(
+                bytes[..len * 2]
+                    .chunks_exact(2)
+                    .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                    .collect(),
+            )),
+            other => return Err(Error::Dtype { name: name.into(), dtype: format!("{other:?}") }),
+        };
+        Ok(Param { data, shape: shape.to_vec() })
+    }
+
+    /// The tensor `name` if the file has it (with the shape checked), else `None`.
+    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Param>> {
+        if self.contains(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Fail on the first tensor (in name order) that no lookup asked for.
+    pub fn check_all_used(&self) -> Result<()> {
+        let used = self.used.lock().expect("weights lock");
+        let mut names: Vec<&String> = self.entries.keys().collect();
+        names.sort();
+        match names.into_iter().find(|n| !used.contains(*n)) {
+            Some(n) => Err(Error::UnexpectedTensor(n.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// IEEE half to single precision.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: value = m * 2^-24.
+            let v = m as f32 * f32::from_bits(0x3380_0000);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_conversion() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+}
