@@ -10,6 +10,8 @@ use pyo3::types::PyDict;
 
 use vmamba_rt::{Error, VMamba};
 
+mod ops;
+
 create_exception!(_native, VMambaError, PyValueError, "Any error raised by vmamba-rt; the message says what and where.");
 
 fn to_py(e: Error) -> PyErr {
@@ -93,5 +95,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_weights, m)?)?;
     m.add("VMambaError", m.py().get_type::<VMambaError>())?;
+    ops::register(m)?;
     Ok(())
 }
