@@ -38,10 +38,22 @@ class Model:
     """
 
     def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None):
-        self.path = os.fspath(path)
-        self._native = _native.Model(self.path, num_threads)
-        self.config: dict = json.loads(self._native.config_json)
-        self.metadata: dict[str, str] = dict(self._native.metadata)
+        self._init(os.fspath(path), _native.Model(os.fspath(path), num_threads))
+
+    def _init(self, path: str, native) -> None:
+        self.path = path
+        self._native = native
+        self.config: dict = json.loads(native.config_json)
+        self.metadata: dict[str, str] = dict(native.metadata)
+
+    @classmethod
+    def random(cls, arch: str | dict, *, seed: int = 0, num_threads: int | None = None) -> "Model":
+        """A model with random weights: ``arch`` is a preset name (SPEC.md section 6,
+        e.g. ``"vmamba-tiny-s1l8"``) or a config dict. For benchmarks and tests."""
+        cfg = _native.Model.preset_json(arch) if isinstance(arch, str) else json.dumps(arch)
+        model = cls.__new__(cls)
+        model._init(f"<random {arch if isinstance(arch, str) else 'config'}>", _native.Model.random(cfg, seed, num_threads))
+        return model
 
     @property
     def is_backbone(self) -> bool:

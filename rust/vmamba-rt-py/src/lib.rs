@@ -44,6 +44,26 @@ impl Model {
         Ok(Model { inner })
     }
 
+    /// A model with random weights in the shapes of `config_json` (benchmarks).
+    #[staticmethod]
+    #[pyo3(signature = (config_json, seed=0, num_threads=None))]
+    fn random(config_json: &str, seed: u64, num_threads: Option<usize>) -> PyResult<Self> {
+        let cfg = vmamba_rt::Config::from_json(config_json).map_err(to_py)?;
+        let mut inner = VMamba::random(cfg, seed).map_err(to_py)?;
+        if let Some(n) = num_threads {
+            inner.set_num_threads(n).map_err(to_py)?;
+        }
+        Ok(Model { inner })
+    }
+
+    /// The config of a released preset as JSON.
+    #[staticmethod]
+    fn preset_json(name: &str) -> PyResult<String> {
+        vmamba_rt::Config::preset(name)
+            .map(|c| c.to_json())
+            .ok_or_else(|| VMambaError::new_err(format!("unknown preset '{name}'; known: {}", vmamba_rt::Config::PRESETS.join(", "))))
+    }
+
     /// The architecture as JSON.
     #[getter]
     fn config_json(&self) -> String {

@@ -75,8 +75,11 @@ struct Entry {
     start: usize,
 }
 
-/// The tensors and metadata of one converted weights file.
+/// The tensors and metadata of one converted weights file, or a synthetic
+/// source that makes up plausible random tensors of whatever shape is asked
+/// (for benchmarks and tests in the released shapes without the real files).
 pub struct Weights {
+    synthetic: Option<u64>,
     file: Arc<Storage>,
     entries: HashMap<String, Entry>,
     metadata: HashMap<String, String>,
@@ -112,7 +115,43 @@ impl Weights {
             entries.insert(name, Entry { dtype: view.dtype(), shape: view.shape().to_vec(), start });
         }
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(Weights { file: Arc::new(storage), entries, metadata, used: Mutex::new(BTreeSet::new()) })
+        Ok(Weights { synthetic: None, file: Arc::new(storage), entries, metadata, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// A source of random weights (seeded) for any architecture: each lookup
+    /// returns a fresh tensor of the requested shape, scaled like a trained model
+    /// (unit norms, A_logs = log(1..N), small projections).
+    pub fn synthetic(seed: u64) -> Self {
+        Weights {
+            synthetic: Some(seed),
+            file: Arc::new(Storage::Owned(Vec::new())),
+            entries: HashMap::new(),
+            metadata: HashMap::new(),
+            used: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn make_up(seed: u64, name: &str, shape: &[usize]) -> Param {
+        let len: usize = shape.iter().product();
+        let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f32;
+        let mut state = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let is_norm = name.contains("norm");
+        let data: Vec<f32> = match last {
+            "A_logs" => (0..len).map(|i| ((i % shape[1]) as f32 + 1.0).ln()).collect(),
+            "Ds" => vec![1.0; len],
+            "weight" if is_norm => vec![1.0; len],
+            "bias" if is_norm => vec![0.0; len],
+            "dt_projs_bias" => (0..len).map(|_| -4.0 + uniform()).collect(),
+            _ => (0..len).map(|_| uniform() * (3.0 / fan_in).sqrt()).collect(),
+        };
+        Param::owned(data, shape.to_vec())
     }
 
     /// Header metadata (string to string).
@@ -132,6 +171,10 @@ impl Weights {
 
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Param> {
+        if let Some(seed) = self.synthetic {
+            self.used.lock().expect("weights lock").insert(name.to_string());
+            return Ok(Self::make_up(seed, name, shape));
+        }
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if e.shape != shape {
             return Err(Error::ShapeMismatch { name: name.into(), expected: shape.to_vec(), found: e.shape.clone() });
@@ -158,15 +201,6 @@ impl Weights {
             other => return Err(Error::Dtype { name: name.into(), dtype: format!("{other:?}") }),
         };
         Ok(Param { data, shape: shape.to_vec() })
-    }
-
-    /// The tensor `name` if the file has it (with the shape checked), else `None`.
-    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Param>> {
-        if self.contains(name) {
-            self.get(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
     }
 
     /// Fail on the first tensor (in name order) that no lookup asked for.

@@ -3,25 +3,42 @@
 use rayon::prelude::*;
 
 use super::math;
+use super::simd::dispatch;
 
 const CHUNK: usize = 1 << 14;
 
-/// Exact (erf) GELU, as the reference uses.
 #[inline(always)]
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+fn gelu_body(x: &mut [f32]) {
+    // A plain loop, not a closure: closures are not compiled with the caller's target features.
+    for v in x.iter_mut() {
+        *v = math::gelu(*v);
+    }
 }
+
+dispatch!(fn gelu_chunk(x: &mut [f32]) => gelu_body);
 
 /// In-place exact GELU.
 pub fn gelu_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
+    x.par_chunks_mut(CHUNK).for_each(gelu_chunk);
 }
 
-/// In-place SiLU over `rows` rows of width `width` taken from a buffer with row stride `stride`.
-pub fn silu_rows(x: &mut [f32], stride: usize, width: usize) {
-    x.par_chunks_mut(stride * 64).for_each(|c| {
-        for row in c.chunks_mut(stride) {
-            row[..width].iter_mut().for_each(|v| *v = math::silu(*v));
+/// Reference exact GELU through libm's erf.
+pub fn gelu_ref(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::randn;
+
+    #[test]
+    fn gelu_matches_reference() {
+        let x: Vec<f32> = randn(100_000, 9).iter().map(|v| v * 4.0).collect();
+        let mut y = x.clone();
+        gelu_inplace(&mut y);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((gelu_ref(*a) - b).abs() <= 1e-6 * a.abs().max(1.0), "gelu({a})");
         }
-    });
+    }
 }

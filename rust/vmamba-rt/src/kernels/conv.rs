@@ -94,7 +94,9 @@ fn dwconv_silu_row(
                 }
             }
         }
-        o.iter_mut().for_each(|v| *v = math::silu(*v));
+        for v in o.iter_mut() {
+            *v = math::silu(*v);
+        }
     }
 }
 

@@ -8,11 +8,17 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// e^x. Inputs below -87.3 give 0 and above 88.7 give +inf, as f32 must.
+/// Bits of `ROUND_MAGIC` (1.5 * 2^23); `n + ROUND_MAGIC` carries the integer n in its low bits.
+const ROUND_MAGIC_BITS: u32 = 0x4B40_0000;
+
+/// e^x for finite x in [-87.3, 88.3] (inputs outside are clamped; NaN reads as
+/// -87.3). Integer-only scaling, so it vectorises: no float-to-int conversion.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let xc = x.clamp(-87.336_54, 88.722_84);
-    let n = (xc * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+pub fn exp_core(x: f32) -> f32 {
+    // max/min return the non-NaN operand, so the bit tricks below never see NaN.
+    let xc = x.max(-87.336_54).min(88.3);
+    let nf = xc * LOG2E + ROUND_MAGIC;
+    let n = nf - ROUND_MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -21,16 +27,24 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
-    let scaled = e * f32::from_bits(((n as i32 + 127) << 23) as u32);
-    // Keep the IEEE edge cases: overflow to inf, underflow to 0, NaN through.
-    if x > 88.722_84 {
+    // 2^n from n's bits: exponent field n + 127.
+    let pow2 = f32::from_bits(nf.to_bits().wrapping_sub(ROUND_MAGIC_BITS).wrapping_add(127) << 23);
+    e * pow2
+}
+
+/// e^x with the IEEE edge cases: 0 below -87.3, +inf from 88.3 on (where f32
+/// is within 2x of overflowing), NaN through.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let y = exp_core(x);
+    if x >= 88.3 {
         f32::INFINITY
     } else if x < -87.336_54 {
         0.0
     } else if x.is_nan() {
         x
     } else {
-        scaled
+        y
     }
 }
 
@@ -75,6 +89,44 @@ pub fn softplus(x: f32) -> f32 {
     }
 }
 
+/// erf(x) within 5e-7: the Maclaurin series below |x| = 0.8 (where the tail
+/// formula would lose digits to cancellation), Abramowitz & Stegun 7.1.26 above.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let z = x * x;
+    let mut s = 1.0_f32 / 658_944.0;
+    s = s * z - 1.0 / 75_600.0;
+    s = s * z + 1.0 / 9_360.0;
+    s = s * z - 1.0 / 1_320.0;
+    s = s * z + 1.0 / 216.0;
+    s = s * z - 1.0 / 42.0;
+    s = s * z + 1.0 / 10.0;
+    s = s * z - 1.0 / 3.0;
+    s = s * z + 1.0;
+    let series = x * s * std::f32::consts::FRAC_2_SQRT_PI;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let mut p = 1.061_405_4_f32;
+    p = p * t - 1.453_152_1;
+    p = p * t + 1.421_413_8;
+    p = p * t - 0.284_496_74;
+    p = p * t + 0.254_829_6;
+    let r = 1.0 - p * t * exp(-a * a);
+    if a < 0.8 {
+        series
+    } else if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+/// Exact (erf) GELU: x/2 * (1 + erf(x / sqrt 2)).
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 /// SiLU(x) = x * sigmoid(x).
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
@@ -92,13 +144,22 @@ mod tests {
     #[test]
     fn exp_matches_libm() {
         let mut x = -87.0f32;
-        while x < 88.0 {
+        while x < 88.3 {
             assert!(rel(exp(x), x.exp()) < 4e-7, "exp({x}) = {} vs {}", exp(x), x.exp());
             x += 0.0137;
         }
         assert_eq!(exp(-200.0), 0.0);
         assert_eq!(exp(200.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn erf_matches_libm() {
+        let mut x = -6.0f32;
+        while x < 6.0 {
+            assert!((erf(x) - libm::erff(x)).abs() < 4e-7 * libm::erff(x).abs().max(0.1), "erf({x}) = {} vs {}", erf(x), libm::erff(x));
+            x += 0.001;
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::cross_scan::position;
-use super::math::{exp, softplus};
+use super::math::{exp_core, softplus};
 use super::simd::dispatch;
 use super::SharedMut;
 
@@ -93,13 +93,25 @@ impl CrossScan<'_> {
     }
 }
 
-#[inline(always)]
-fn for_each_position(k: usize, h: usize, w: usize, mut f: impl FnMut(usize)) {
-    match k {
-        0 => (0..h * w).for_each(&mut f),
-        1 => (0..w).for_each(|x| (0..h).for_each(|y| f(y * w + x))),
-        2 => (0..h * w).rev().for_each(&mut f),
-        _ => (0..w).rev().for_each(|x| (0..h).rev().for_each(|y| f(y * w + x))),
+/// Direction `k`'s walk through the pixel grid as `lines` runs of `len` steps:
+/// run `i` starts at pixel `start + i * line_step` and moves by `step`.
+struct Walk {
+    lines: usize,
+    len: usize,
+    start: isize,
+    line_step: isize,
+    step: isize,
+}
+
+impl Walk {
+    fn new(k: usize, h: usize, w: usize) -> Self {
+        let (hw, wi) = ((h * w) as isize, w as isize);
+        match k {
+            0 => Walk { lines: 1, len: h * w, start: 0, line_step: 0, step: 1 },
+            1 => Walk { lines: w, len: h, start: 0, line_step: 1, step: wi },
+            2 => Walk { lines: 1, len: h * w, start: hw - 1, line_step: 0, step: -1 },
+            _ => Walk { lines: w, len: h, start: hw - 1, line_step: -1, step: -wi },
+        }
     }
 }
 
@@ -114,53 +126,73 @@ fn load<const FULL: bool>(src: &[f32], nc: usize) -> [f32; LANES] {
     v
 }
 
+/// Per-block constants of one direction: A (N x lanes), D, dt bias.
+struct BlockConsts {
+    a: Vec<[f32; LANES]>,
+    dskip: [f32; LANES],
+    bias: [f32; LANES],
+}
+
+/// One step of the recurrence at one pixel for a block of channels; returns y.
+/// `h` is the state (N x lanes), `bc` the pixel's B (N) then C (N).
+#[inline(always)]
+fn step(u: &[f32; LANES], dr: &[f32; LANES], bc: &[f32], c: &BlockConsts, h: &mut [[f32; LANES]]) -> [f32; LANES] {
+    let n = h.len();
+    let mut dt = [0.0f32; LANES];
+    let mut du = [0.0f32; LANES];
+    let mut acc = [0.0f32; LANES];
+    for i in 0..LANES {
+        dt[i] = softplus(dr[i] + c.bias[i]);
+        du[i] = dt[i] * u[i];
+        acc[i] = c.dskip[i] * u[i];
+    }
+    for st in 0..n {
+        let (bv, cv) = (bc[st], bc[n + st]);
+        let (hs, a) = (&mut h[st], &c.a[st]);
+        for i in 0..LANES {
+            // dt >= 0 and A < 0: the argument is never positive.
+            hs[i] = exp_core(dt[i] * a[i]) * hs[i] + du[i] * bv;
+            acc[i] += hs[i] * cv;
+        }
+    }
+    acc
+}
+
 /// One image, one block of channels `d0..d0+nc`, one direction. The hot loop.
 #[inline(always)]
 fn scan_block<const FULL: bool>(s: &CrossScan, img: usize, d0: usize, nc: usize, k: usize, y: SharedMut) {
     let (di, n, hw) = (s.di, s.n, s.h * s.w);
     let xs = 4 * (s.r + 2 * s.n);
-    let rows0 = img * hw;
     let ch0 = k * di + d0;
-    let mut a = vec![[0.0f32; LANES]; n];
-    for (i, ai) in (0..nc).map(|i| (i, &s.a[(ch0 + i) * n..(ch0 + i + 1) * n])) {
+    let mut consts = BlockConsts { a: vec![[0.0f32; LANES]; n], dskip: load::<FULL>(&s.d[ch0..], nc), bias: load::<FULL>(&s.bias[ch0..], nc) };
+    for i in 0..nc {
         for st in 0..n {
-            a[st][i] = ai[st];
+            consts.a[st][i] = s.a[(ch0 + i) * n + st];
         }
     }
-    let dskip = load::<FULL>(&s.d[ch0..], nc);
-    let bias = load::<FULL>(&s.bias[ch0..], nc);
     let mut h = vec![[0.0f32; LANES]; n];
-    let delta = &s.delta[k * s.batch * hw * di..];
-    for_each_position(k, s.h, s.w, |p| {
-        let row = rows0 + p;
-        let u = load::<FULL>(&s.u[row * di + d0..], nc);
-        let dr = load::<FULL>(&delta[row * di + d0..], nc);
-        let bc = &s.xdbl[row * xs + k * (s.r + 2 * n) + s.r..][..2 * n];
-        let mut dt = [0.0f32; LANES];
-        let mut du = [0.0f32; LANES];
-        let mut acc = [0.0f32; LANES];
-        for i in 0..LANES {
-            dt[i] = softplus(dr[i] + bias[i]);
-            du[i] = dt[i] * u[i];
-            acc[i] = dskip[i] * u[i];
-        }
-        for st in 0..n {
-            let (bv, cv) = (bc[st], bc[n + st]);
-            let (hs, as_) = (&mut h[st], &a[st]);
-            for i in 0..LANES {
-                hs[i] = exp(dt[i] * as_[i]) * hs[i] + du[i] * bv;
-                acc[i] += hs[i] * cv;
+    let u_img = &s.u[img * hw * di + d0..];
+    let delta = &s.delta[(k * s.batch + img) * hw * di + d0..];
+    let bc_img = &s.xdbl[img * hw * xs + k * (s.r + 2 * n) + s.r..];
+    let walk = Walk::new(k, s.h, s.w);
+    for line in 0..walk.lines {
+        let mut p = walk.start + line as isize * walk.line_step;
+        for _ in 0..walk.len {
+            let pu = p as usize;
+            let u = load::<FULL>(&u_img[pu * di..], nc);
+            let dr = load::<FULL>(&delta[pu * di..], nc);
+            let acc = step(&u, &dr, &bc_img[pu * xs..][..2 * n], &consts, &mut h);
+            // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
+            // caller), and the index is inside y because pu < H*W.
+            unsafe {
+                let out = y.0.add((img * hw + pu) * di + d0);
+                for (i, v) in acc.iter().enumerate().take(if FULL { LANES } else { nc }) {
+                    *out.add(i) += v;
+                }
             }
+            p += walk.step;
         }
-        // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see caller),
-        // and row * di + d0 + nc <= y.len() because row < B*L.
-        unsafe {
-            let out = y.0.add(row * di + d0);
-            for (i, v) in acc.iter().enumerate().take(if FULL { LANES } else { nc }) {
-                *out.add(i) += v;
-            }
-        }
-    });
+    }
 }
 
 #[inline(always)]

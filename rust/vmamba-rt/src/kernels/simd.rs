@@ -1,6 +1,6 @@
 //! Runtime CPU-feature dispatch. The kernels are written once as plain loops over
 //! fixed-width lane arrays; this module compiles them a second time with AVX2+FMA
-//! enabled and picks that copy when the CPU has it. Other targets (NEON on
+//! enabled, and a third with AVX-512, and picks the best copy the CPU runs. Other targets (NEON on
 //! aarch64 is part of the baseline) use the portable copy.
 
 /// Wrap an `#[inline(always)]` kernel body in an AVX2 copy and a portable copy,
@@ -11,9 +11,17 @@ macro_rules! dispatch {
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
+                }
+                if $crate::kernels::simd::has_avx512() {
+                    // SAFETY: the CPU supports AVX-512F/VL, AVX2 and FMA (checked above).
+                    return unsafe { avx512($($arg),*) };
                 }
                 if $crate::kernels::simd::has_avx2() {
                     // SAFETY: the CPU supports AVX2 and FMA (checked above).
@@ -25,6 +33,13 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
+
+/// True when the running CPU has AVX-512F/VL besides AVX2 and FMA (cached by std).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx512() -> bool {
+    has_avx2() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
+}
 
 /// True when the running CPU has AVX2 and FMA (cached by std).
 #[cfg(target_arch = "x86_64")]

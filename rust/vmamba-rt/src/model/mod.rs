@@ -109,6 +109,12 @@ impl VMamba {
         Ok(model)
     }
 
+    /// A model of the given architecture with random weights (see
+    /// [`Weights::synthetic`]): for benchmarks in the released shapes.
+    pub fn random(config: Config, seed: u64) -> Result<Self> {
+        Self::from_weights(config, &Weights::synthetic(seed))
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -205,40 +211,85 @@ impl VMamba {
             Error::Usage("this is a backbone model (out_indices set, no classifier head): use features() instead".into())
         })?;
         self.check_input(x, shape)?;
-        Ok(self.run(|| {
-            let map = self.trunk(x, shape, |_, _| {});
-            // LayerNorm -> average over H, W -> Linear
-            let normed = head.norm.apply(&map.data);
-            let hw = map.h * map.w;
-            let pooled: Vec<f32> = normed
-                .chunks(hw * map.c)
-                .flat_map(|img| {
-                    let mut s = vec![0.0f32; map.c];
-                    img.chunks(map.c).for_each(|px| s.iter_mut().zip(px).for_each(|(a, v)| *a += v));
-                    s.iter_mut().for_each(|v| *v /= hw as f32);
-                    s
-                })
-                .collect();
-            head.fc.forward(&pooled, map.b)
-        }))
+        Ok(self.run(|| self.per_image(x, shape, |x, shape| self.logits(head, x, shape)).concat()))
+    }
+
+    fn logits(&self, head: &Head, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
+        let map = self.trunk(x, shape, |_, _| {});
+        // LayerNorm -> average over H, W -> Linear
+        let normed = head.norm.apply(&map.data);
+        let hw = map.h * map.w;
+        let mut pooled = vec![0.0f32; map.b * map.c];
+        for (img, out) in normed.chunks(hw * map.c).zip(pooled.chunks_mut(map.c)) {
+            for px in img.chunks(map.c) {
+                out.iter_mut().zip(px).for_each(|(a, v)| *a += v);
+            }
+            out.iter_mut().for_each(|v| *v /= hw as f32);
+        }
+        head.fc.forward(&pooled, map.b)
+    }
+
+    /// Run `f` on each image of the batch. One image uses every thread; a batch
+    /// gives each worker thread whole images, each run single-threaded: no
+    /// synchronisation inside the network and a working set that stays in cache.
+    fn per_image<T: Send>(&self, x: &[f32], shape: [usize; 4], f: impl Fn(&[f32], [usize; 4]) -> T + Sync) -> Vec<T> {
+        let [b, c, h, w] = shape;
+        let workers = rayon::current_num_threads().min(b);
+        if workers <= 1 {
+            return vec![f(x, shape)];
+        }
+        let img = c * h * w;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<Option<T>> = (0..b).map(|_| None).collect();
+        let slots = std::sync::Mutex::new(&mut results);
+        // Plain OS threads that block while their one-thread pool works: a rayon
+        // worker would spin-steal meanwhile and compete for the cores.
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    let solo = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread");
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= b {
+                            break;
+                        }
+                        let out = solo.install(|| f(&x[i * img..(i + 1) * img], [1, c, h, w]));
+                        slots.lock().expect("results lock")[i] = Some(out);
+                    }
+                });
+            }
+        });
+        results.into_iter().map(|r| r.expect("every image ran")).collect()
     }
 
     /// Feature maps (NCHW). Backbones: one per `out_indices` stage, after its
     /// `outnorm`. Classifiers: every stage's output before its downsample.
     pub fn features(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<FeatureMap>> {
         self.check_input(x, shape)?;
-        Ok(self.run(|| {
-            let mut out = Vec::new();
-            self.trunk(x, shape, |i, map| {
-                let data = match (&self.config.out_indices, &self.stages[i].outnorm) {
-                    (Some(_), Some(norm)) => norm.apply(&map.data),
-                    (Some(_), None) => return,
-                    (None, _) => map.data.clone(),
-                };
-                out.push(FeatureMap { data: nhwc_to_nchw(&data, map.b, map.h, map.w, map.c), shape: [map.b, map.c, map.h, map.w] });
-            });
-            out
-        }))
+        let per_image = self.run(|| self.per_image(x, shape, |x, shape| self.stage_features(x, shape)));
+        // Stack the images' maps back into batches.
+        let mut maps = per_image.into_iter();
+        let mut out = maps.next().expect("batch is not empty");
+        for img in maps {
+            for (acc, m) in out.iter_mut().zip(img) {
+                acc.data.extend_from_slice(&m.data);
+                acc.shape[0] += m.shape[0];
+            }
+        }
+        Ok(out)
+    }
+
+    fn stage_features(&self, x: &[f32], shape: [usize; 4]) -> Vec<FeatureMap> {
+        let mut out = Vec::new();
+        self.trunk(x, shape, |i, map| {
+            let data = match (&self.config.out_indices, &self.stages[i].outnorm) {
+                (Some(_), Some(norm)) => norm.apply(&map.data),
+                (Some(_), None) => return,
+                (None, _) => map.data.clone(),
+            };
+            out.push(FeatureMap { data: nhwc_to_nchw(&data, map.b, map.h, map.w, map.c), shape: [map.b, map.c, map.h, map.w] });
+        });
+        out
     }
 }
 
