@@ -19,7 +19,28 @@ __version__ = "0.1.0"
 __all__ = ["load", "convert", "Model", "VMambaError", "ConversionError", "CheckpointError", "__version__"]
 
 
-def load(path: str | os.PathLike, *, num_threads: int | None = None) -> Model:
-    """Load converted weights (``.safetensors``). ``num_threads`` overrides the
-    ``VMAMBA_RT_NUM_THREADS`` environment variable (default: all cores)."""
-    return Model(path, num_threads=num_threads)
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "weights", "digits.safetensors")
+
+
+def resolve(path_or_name: str | os.PathLike | None) -> str:
+    """A weights path from a path, a registry name (downloaded), or None (the default)."""
+    if path_or_name is None:
+        return DEFAULT_MODEL
+    p = os.fspath(path_or_name)
+    if os.path.exists(p) or os.sep in p or p.endswith(".safetensors"):
+        return p
+    from . import hub
+
+    hub.entry(p)  # raises, naming the registry, for an unknown name
+    cached = hub.cached_path(p)
+    if not os.path.exists(cached):
+        raise VMambaError(f"model '{p}' is not downloaded yet: run `vmamba-rt download {p}`")
+    return cached
+
+
+def load(path: str | os.PathLike | None = None, *, num_threads: int | None = None) -> Model:
+    """Load a model: converted weights (``.safetensors``), the name of a downloaded
+    registry model (``"vmamba-tiny-s1l8"``), or nothing for the bundled digits model.
+    ``num_threads`` overrides the ``VMAMBA_RT_NUM_THREADS`` environment variable
+    (default: all cores)."""
+    return Model(resolve(path), num_threads=num_threads)

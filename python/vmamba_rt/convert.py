@@ -204,12 +204,42 @@ def _to_f32(t: LazyTensor, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+_ARCH_KEYS = ("dims", "depths", "ssm_d_state", "ssm_ratio", "forward_type", "mlp_ratio", "patchembed_version",
+              "downsample_version", "ssm_conv_bias", "num_classes")
+
+
+def check_preset(cfg: dict, preset: str, src: str) -> None:
+    """Refuse a checkpoint whose architecture is not the released preset's."""
+    from . import _native
+
+    want = json.loads(_native.Model.preset_json(preset))
+    diff = {k: (cfg.get(k), want[k]) for k in _ARCH_KEYS if cfg.get(k) != want[k]}
+    if diff:
+        detail = ", ".join(f"{k}: {got!r} (preset: {exp!r})" for k, (got, exp) in diff.items())
+        raise ConversionError(f"{src}: not the architecture of '{preset}': {detail}")
+
+
+def default_metadata(cfg: dict) -> dict[str, str]:
+    """Labels and preprocessing for classifiers: ImageNet-1K names for 1000 classes."""
+    from .preprocess import Preprocess
+
+    if cfg.get("out_indices") is not None:
+        return {}
+    meta = {"vmamba_rt.preprocess": Preprocess().to_json()}
+    if cfg.get("num_classes") == 1000:
+        from .labels import imagenet_labels
+
+        meta["vmamba_rt.labels"] = json.dumps(imagenet_labels())
+    return meta
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False,
-            metadata: dict[str, str] | None = None) -> str:
+            metadata: dict[str, str] | None = None, preset: str | None = None) -> str:
     """Convert an official checkpoint ``src`` (.pth) to ``dst`` (.safetensors). Returns ``dst``.
 
     ``ema=True`` takes the ``model_ema`` weights of a training checkpoint.
     Extra ``metadata`` entries (string to string) are stored in the header.
+    With ``preset`` (a registry name) the architecture must be that preset's.
     """
     from safetensors.numpy import save_file
 
@@ -225,8 +255,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False
     cfg = yacs or infer_config(sd, src)
     if yacs is not None and cfg["out_indices"] is None and "classifier.head.weight" not in sd:
         cfg["out_indices"] = infer_config(sd, src)["out_indices"]
+    if preset is not None:
+        check_preset(cfg, preset, src)
     tensors = {k: _to_f32(v, k) for k, v in sd.items()}
     meta = {META_FORMAT: FORMAT_VERSION, META_CONFIG: json.dumps(cfg), "vmamba_rt.source": f"{os.path.basename(src)}:{part}"}
+    meta.update(default_metadata(cfg))
+    if preset is not None:
+        meta["vmamba_rt.name"] = preset
     meta.update(metadata or {})
 
     out_dir = os.path.dirname(os.path.abspath(dst))

@@ -9,6 +9,8 @@ import numpy as np
 
 from . import _native
 from ._native import VMambaError
+from .labels import labels_from_metadata
+from .preprocess import Preprocess
 
 
 def _as_batch(x) -> np.ndarray:
@@ -45,6 +47,8 @@ class Model:
         self._native = native
         self.config: dict = json.loads(native.config_json)
         self.metadata: dict[str, str] = dict(native.metadata)
+        self.preprocess = Preprocess.from_metadata(self.metadata)
+        self.labels: list[str] = [] if self.is_backbone else labels_from_metadata(self.metadata, self.config["num_classes"])
 
     @classmethod
     def random(cls, arch: str | dict, *, seed: int = 0, num_threads: int | None = None) -> "Model":
@@ -78,6 +82,26 @@ class Model:
         """Feature maps (NCHW). Backbones: one per ``out_indices`` stage after its
         ``outnorm``. Classifiers: the four stage outputs before their downsample."""
         return self._native.features(_as_batch(x))
+
+    def predict(self, images, topk: int = 5, *, batch_size: int = 16) -> list[list[tuple[str, float]]]:
+        """Classify images: paths, PIL images or uint8 arrays (one, or a list).
+
+        Returns, for each image, ``topk`` ``(label, probability)`` pairs, best first.
+        Images go through the model's own preprocessing (``model.preprocess``).
+        """
+        if isinstance(images, (str, os.PathLike, np.ndarray)) or not isinstance(images, (list, tuple)):
+            images = [images]
+        if topk < 1:
+            raise ValueError(f"topk must be at least 1, got {topk}")
+        out = []
+        for i in range(0, len(images), batch_size):
+            logits = self(self.preprocess.batch(images[i : i + batch_size])).astype(np.float64)
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            for p in probs:
+                best = np.argsort(-p, kind="stable")[:topk]
+                out.append([(self.labels[j], float(p[j])) for j in best])
+        return out
 
     def __repr__(self) -> str:
         kind = "backbone" if self.is_backbone else f"{self.config['num_classes']} classes"

@@ -104,6 +104,13 @@ impl Model {
     }
 }
 
+/// Names and shapes of every tensor of an architecture (config as JSON).
+#[pyfunction]
+fn parameter_shapes(config_json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
+    let cfg = vmamba_rt::Config::from_json(config_json).map_err(to_py)?;
+    VMamba::parameter_shapes(&cfg).map_err(to_py)
+}
+
 /// Load a weights file and build the model, raising VMambaError on any mismatch.
 #[pyfunction]
 fn check_weights(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
@@ -114,6 +121,7 @@ fn check_weights(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(parameter_shapes, m)?)?;
     m.add("VMambaError", m.py().get_type::<VMambaError>())?;
     ops::register(m)?;
     Ok(())

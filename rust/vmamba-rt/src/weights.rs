@@ -2,7 +2,7 @@
 //! architecture. Tensors are memory-mapped and borrowed in place when the file
 //! allows (F32, 4-byte aligned); every lookup checks the name and the shape.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -83,7 +83,8 @@ pub struct Weights {
     file: Arc<Storage>,
     entries: HashMap<String, Entry>,
     metadata: HashMap<String, String>,
-    used: Mutex<BTreeSet<String>>,
+    /// Every tensor handed out so far, with its shape.
+    used: Mutex<BTreeMap<String, Vec<usize>>>,
 }
 
 impl Weights {
@@ -115,7 +116,7 @@ impl Weights {
             entries.insert(name, Entry { dtype: view.dtype(), shape: view.shape().to_vec(), start });
         }
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(Weights { synthetic: None, file: Arc::new(storage), entries, metadata, used: Mutex::new(BTreeSet::new()) })
+        Ok(Weights { synthetic: None, file: Arc::new(storage), entries, metadata, used: Mutex::new(BTreeMap::new()) })
     }
 
     /// A source of random weights (seeded) for any architecture: each lookup
@@ -127,7 +128,7 @@ impl Weights {
             file: Arc::new(Storage::Owned(Vec::new())),
             entries: HashMap::new(),
             metadata: HashMap::new(),
-            used: Mutex::new(BTreeSet::new()),
+            used: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -172,14 +173,14 @@ impl Weights {
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Param> {
         if let Some(seed) = self.synthetic {
-            self.used.lock().expect("weights lock").insert(name.to_string());
+            self.used.lock().expect("weights lock").insert(name.to_string(), shape.to_vec());
             return Ok(Self::make_up(seed, name, shape));
         }
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if e.shape != shape {
             return Err(Error::ShapeMismatch { name: name.into(), expected: shape.to_vec(), found: e.shape.clone() });
         }
-        self.used.lock().expect("weights lock").insert(name.to_string());
+        self.used.lock().expect("weights lock").insert(name.to_string(), shape.to_vec());
         let len: usize = shape.iter().product();
         let bytes = &self.file.bytes()[e.start..];
         let data = match e.dtype {
@@ -203,12 +204,17 @@ impl Weights {
         Ok(Param { data, shape: shape.to_vec() })
     }
 
+    /// Names and shapes of the tensors looked up so far, in name order.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.used.lock().expect("weights lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Fail on the first tensor (in name order) that no lookup asked for.
     pub fn check_all_used(&self) -> Result<()> {
         let used = self.used.lock().expect("weights lock");
         let mut names: Vec<&String> = self.entries.keys().collect();
         names.sort();
-        match names.into_iter().find(|n| !used.contains(*n)) {
+        match names.into_iter().find(|n| !used.contains_key(*n)) {
             Some(n) => Err(Error::UnexpectedTensor(n.clone())),
             None => Ok(()),
         }

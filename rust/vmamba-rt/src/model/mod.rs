@@ -115,6 +115,13 @@ impl VMamba {
         Self::from_weights(config, &Weights::synthetic(seed))
     }
 
+    /// Every tensor the architecture reads, by checkpoint name, with its shape.
+    pub fn parameter_shapes(config: &Config) -> Result<Vec<(String, Vec<usize>)>> {
+        let ws = Weights::synthetic(0);
+        Self::from_weights(config.clone(), &ws)?;
+        Ok(ws.requested())
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

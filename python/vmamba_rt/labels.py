@@ -1,0 +1,29 @@
+"""Class names: ImageNet-1K ships with the package; models carry theirs in metadata."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+
+META_LABELS = "vmamba_rt.labels"
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet() -> tuple[str, ...]:
+    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1K class names in class-index order."""
+    return list(_imagenet())
+
+
+def labels_from_metadata(metadata: dict, num_classes: int) -> list[str]:
+    """Names stored in the weights, else class indices as strings."""
+    raw = metadata.get(META_LABELS)
+    labels = json.loads(raw) if raw else []
+    if len(labels) != num_classes:
+        return [str(i) for i in range(num_classes)]
+    return [str(v) for v in labels]
