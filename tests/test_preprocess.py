@@ -99,3 +99,53 @@ def test_bad_images_name_the_problem(tmp_path):
         load_rgb(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
         load_rgb(np.zeros((4, 4, 2), np.uint8))
+
+
+def _write_test_images(d):
+    rng = np.random.default_rng(7)
+    smooth = lambda h, w: (np.add.outer(np.arange(h) * 3, np.arange(w) * 2)[..., None] + [0, 60, 120]) % 256  # noqa: E731
+    imgs = {
+        "big.png": Image.fromarray(smooth(480, 640).astype(np.uint8)),
+        "tall.png": Image.fromarray(rng.integers(0, 256, (300, 170, 3), dtype=np.uint8)),
+        "tiny.png": Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)),
+        "gray.png": Image.fromarray(rng.integers(0, 256, (100, 120), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (64, 80, 4), dtype=np.uint8)),
+    }
+    paths = []
+    for name, im in imgs.items():
+        im.save(d / name)
+        paths.append(d / name)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    imgs["tall.png"].save(d / "rotated.png", exif=exif)
+    return paths + [d / "rotated.png"]
+
+
+@pytest.mark.parametrize("settings", [
+    Preprocess(),
+    Preprocess(input_size=64, resize="squash"),
+    Preprocess(input_size=96, resize="crop", interpolation="bilinear"),
+], ids=["imagenet-224", "squash-64", "bilinear-96"])
+def test_rust_preprocessing_agrees_with_python_within_one_level(tmp_path, settings):
+    from vmamba_rt import _native
+
+    std = np.asarray(settings.std, np.float32)[:, None, None]
+    for path in _write_test_images(tmp_path):
+        want = settings(path)
+        got = _native.preprocess_file(str(path), settings.to_json())
+        levels = np.abs(got - want) * std * 255  # difference in 8-bit pixel levels
+        assert levels.max() <= 1.0 + 1e-3, f"{path.name}: {levels.max():.3f} levels"
+
+
+@pytest.mark.parametrize("subsampling,bound", [(0, 2.0), (2, 4.0)])
+def test_jpeg_differs_only_by_the_decoders(tmp_path, subsampling, bound):
+    """libjpeg-turbo (Pillow) and zune-jpeg (Rust) round the IDCT and upsample chroma
+    differently, by a level or two; resampling can carry that to a few levels.
+    Documented in the README."""
+    from vmamba_rt import _native
+
+    arr = (np.add.outer(np.arange(250) * 3, np.arange(333) * 2)[..., None] + [0, 60, 120]) % 256
+    Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "p.jpg", quality=95, subsampling=subsampling)
+    p = Preprocess()
+    levels = np.abs(_native.preprocess_file(str(tmp_path / "p.jpg"), p.to_json()) - p(tmp_path / "p.jpg"))
+    assert (levels * np.asarray(p.std, np.float32)[:, None, None] * 255).max() <= bound + 1e-3

@@ -2,7 +2,9 @@
 //! without copies on the way in; every forward pass runs with the GIL released.
 //! The friendly API (`vmamba_rt.load`, `Model`) is plain Python on top of this.
 
-use numpy::{IntoPyArray, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -12,7 +14,12 @@ use vmamba_rt::{Error, VMamba};
 
 mod ops;
 
-create_exception!(_native, VMambaError, PyValueError, "Any error raised by vmamba-rt; the message says what and where.");
+create_exception!(
+    _native,
+    VMambaError,
+    PyValueError,
+    "Any error raised by vmamba-rt; the message says what and where."
+);
 
 fn to_py(e: Error) -> PyErr {
     VMambaError::new_err(e.to_string())
@@ -26,7 +33,9 @@ struct Model {
 
 fn shape4(x: &PyReadonlyArray4<f32>) -> PyResult<[usize; 4]> {
     if !x.is_c_contiguous() {
-        return Err(VMambaError::new_err("input must be C-contiguous (use numpy.ascontiguousarray)"));
+        return Err(VMambaError::new_err(
+            "input must be C-contiguous (use numpy.ascontiguousarray)",
+        ));
     }
     let s = x.shape();
     Ok([s[0], s[1], s[2], s[3]])
@@ -61,7 +70,12 @@ impl Model {
     fn preset_json(name: &str) -> PyResult<String> {
         vmamba_rt::Config::preset(name)
             .map(|c| c.to_json())
-            .ok_or_else(|| VMambaError::new_err(format!("unknown preset '{name}'; known: {}", vmamba_rt::Config::PRESETS.join(", "))))
+            .ok_or_else(|| {
+                VMambaError::new_err(format!(
+                    "unknown preset '{name}'; known: {}",
+                    vmamba_rt::Config::PRESETS.join(", ")
+                ))
+            })
     }
 
     /// The architecture as JSON.
@@ -87,21 +101,52 @@ impl Model {
     }
 
     /// Logits (B, num_classes) for x (B, C, H, W) float32.
-    fn forward<'py>(&self, py: Python<'py>, x: PyReadonlyArray4<'py, f32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray4<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let shape = shape4(&x)?;
         let data = x.as_slice()?;
-        let logits = py.detach(|| self.inner.forward(data, shape)).map_err(to_py)?;
+        let logits = py
+            .detach(|| self.inner.forward(data, shape))
+            .map_err(to_py)?;
         let classes = logits.len() / shape[0];
         logits.into_pyarray(py).reshape([shape[0], classes])
     }
 
     /// Feature maps, each (B, C, H, W).
-    fn features<'py>(&self, py: Python<'py>, x: PyReadonlyArray4<'py, f32>) -> PyResult<Vec<Bound<'py, PyArray4<f32>>>> {
+    fn features<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray4<'py, f32>,
+    ) -> PyResult<Vec<Bound<'py, PyArray4<f32>>>> {
         let shape = shape4(&x)?;
         let data = x.as_slice()?;
-        let maps = py.detach(|| self.inner.features(data, shape)).map_err(to_py)?;
-        maps.into_iter().map(|m| m.data.into_pyarray(py).reshape(m.shape)).collect()
+        let maps = py
+            .detach(|| self.inner.features(data, shape))
+            .map_err(to_py)?;
+        maps.into_iter()
+            .map(|m| m.data.into_pyarray(py).reshape(m.shape))
+            .collect()
     }
+}
+
+/// Decode and preprocess an image file in Rust: float32 (3, S, S). For parity tests.
+#[pyfunction]
+fn preprocess_file<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    preprocess_json: &str,
+) -> PyResult<Bound<'py, numpy::PyArray3<f32>>> {
+    let meta = std::collections::HashMap::from([(
+        vmamba_rt::preprocess::META_PREPROCESS.to_string(),
+        preprocess_json.to_string(),
+    )]);
+    let pre = vmamba_rt::preprocess::Preprocess::from_metadata(&meta).map_err(to_py)?;
+    let img = vmamba_rt::preprocess::load_rgb(&path).map_err(to_py)?;
+    let s = pre.input_size;
+    pre.apply(&img).into_pyarray(py).reshape([3, s, s])
 }
 
 /// Names and shapes of every tensor of an architecture (config as JSON).
@@ -122,6 +167,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_weights, m)?)?;
     m.add_function(wrap_pyfunction!(parameter_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess_file, m)?)?;
     m.add("VMambaError", m.py().get_type::<VMambaError>())?;
     ops::register(m)?;
     Ok(())

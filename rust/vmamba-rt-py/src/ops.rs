@@ -1,6 +1,9 @@
 //! Reference kernels exposed for kernel-level tests against the official op vectors.
 
-use numpy::{IntoPyArray, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArray5, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
+    PyReadonlyArray4, PyReadonlyArray5, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use vmamba_rt::kernels::{cross_scan, scan};
@@ -22,30 +25,65 @@ fn selective_scan<'py>(
 ) -> PyResult<Bound<'py, PyArray3<f32>>> {
     let (bs, kd, l) = (u.shape()[0], u.shape()[1], u.shape()[2]);
     let (k, n) = (b.shape()[1], b.shape()[2]);
-    let (u, delta, a, b, c, d, bias) = (u.as_slice()?, delta.as_slice()?, a.as_slice()?, b.as_slice()?, c.as_slice()?, d.as_slice()?, delta_bias.as_slice()?);
+    let (u, delta, a, b, c, d, bias) = (
+        u.as_slice()?,
+        delta.as_slice()?,
+        a.as_slice()?,
+        b.as_slice()?,
+        c.as_slice()?,
+        d.as_slice()?,
+        delta_bias.as_slice()?,
+    );
     let mut y = Vec::with_capacity(bs * kd * l);
     for i in 0..bs {
         let (s, g) = (kd * l, k * n * l);
-        y.extend(scan::selective_scan_ref(&u[i * s..][..s], &delta[i * s..][..s], a, &b[i * g..][..g], &c[i * g..][..g], d, bias, k, n, l));
+        y.extend(scan::selective_scan_ref(
+            &u[i * s..][..s],
+            &delta[i * s..][..s],
+            a,
+            &b[i * g..][..g],
+            &c[i * g..][..g],
+            d,
+            bias,
+            k,
+            n,
+            l,
+        ));
     }
     y.into_pyarray(py).reshape([bs, kd, l])
 }
 
 /// Cross-scan: x (B, C, H, W) -> (B, 4, C, H*W).
 #[pyfunction]
-fn cross_scan_ref<'py>(py: Python<'py>, x: PyReadonlyArray4<'py, f32>) -> PyResult<Bound<'py, numpy::PyArray4<f32>>> {
-    let &[b, c, h, w] = x.shape() else { unreachable!() };
+fn cross_scan_ref<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+) -> PyResult<Bound<'py, numpy::PyArray4<f32>>> {
+    let &[b, c, h, w] = x.shape() else {
+        unreachable!()
+    };
     let x = x.as_slice()?;
-    let out: Vec<f32> = x.chunks(c * h * w).flat_map(|img| cross_scan::cross_scan_ref(img, c, h, w)).collect();
+    let out: Vec<f32> = x
+        .chunks(c * h * w)
+        .flat_map(|img| cross_scan::cross_scan_ref(img, c, h, w))
+        .collect();
     out.into_pyarray(py).reshape([b, 4, c, h * w])
 }
 
 /// Cross-merge: ys (B, 4, C, H, W) -> (B, C, H*W).
 #[pyfunction]
-fn cross_merge_ref<'py>(py: Python<'py>, ys: PyReadonlyArray5<'py, f32>) -> PyResult<Bound<'py, PyArray3<f32>>> {
-    let &[b, _, c, h, w] = ys.shape() else { unreachable!() };
+fn cross_merge_ref<'py>(
+    py: Python<'py>,
+    ys: PyReadonlyArray5<'py, f32>,
+) -> PyResult<Bound<'py, PyArray3<f32>>> {
+    let &[b, _, c, h, w] = ys.shape() else {
+        unreachable!()
+    };
     let ys = ys.as_slice()?;
-    let out: Vec<f32> = ys.chunks(4 * c * h * w).flat_map(|img| cross_scan::cross_merge_ref(img, c, h, w)).collect();
+    let out: Vec<f32> = ys
+        .chunks(4 * c * h * w)
+        .flat_map(|img| cross_scan::cross_merge_ref(img, c, h, w))
+        .collect();
     out.into_pyarray(py).reshape([b, c, h * w])
 }
 

@@ -20,8 +20,10 @@ pub enum ForwardType {
 /// Patch-embedding stem (SPEC.md section 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StemVersion {
+    /// Conv k4 s4 -> LayerNorm.
     #[serde(rename = "v1")]
     V1,
+    /// Two conv k3 s2 with LayerNorm and GELU between.
     #[serde(rename = "v2")]
     V2,
 }
@@ -29,10 +31,13 @@ pub enum StemVersion {
 /// Downsampling between stages (SPEC.md section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DownsampleVersion {
+    /// Patch merging: 2x2 concat -> LayerNorm -> Linear.
     #[serde(rename = "v1")]
     V1,
+    /// Conv k2 s2 -> LayerNorm.
     #[serde(rename = "v2")]
     V2,
+    /// Conv k3 s2 p1 -> LayerNorm.
     #[serde(rename = "v3")]
     V3,
 }
@@ -41,7 +46,9 @@ pub enum DownsampleVersion {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DtRank {
+    /// The same rank at every stage.
     Fixed(usize),
+    /// `"auto"`.
     Named(String),
 }
 
@@ -61,26 +68,40 @@ fn default_dt_rank() -> DtRank {
 /// The constructor arguments of a VMamba model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
+    /// Width of stage 0 (C0); stage i is `dims * 2^i` wide.
     pub dims: usize,
+    /// VSS blocks per stage.
     pub depths: Vec<usize>,
+    /// State size N of the selective scan.
     pub ssm_d_state: usize,
+    /// Inner SS2D width as a multiple of the stage width (0: no SS2D).
     pub ssm_ratio: f64,
+    /// Rank of the dt projection.
     #[serde(default = "default_dt_rank")]
     pub ssm_dt_rank: DtRank,
+    /// Kernel size of the depthwise convolution in SS2D.
     #[serde(default = "default_conv")]
     pub ssm_conv: usize,
+    /// Whether that convolution has a bias.
     pub ssm_conv_bias: bool,
+    /// SS2D variant.
     pub forward_type: ForwardType,
+    /// MLP hidden width as a multiple of the stage width (0: no MLP).
     pub mlp_ratio: f64,
+    /// Stem variant.
     pub patchembed_version: StemVersion,
+    /// Downsampling variant.
     pub downsample_version: DownsampleVersion,
+    /// Classes of the classifier head (unused by backbones).
     #[serde(default)]
     pub num_classes: usize,
     /// Stages whose normed output a backbone returns; `None` for a classifier.
     #[serde(default)]
     pub out_indices: Option<Vec<usize>>,
+    /// Input channels (3).
     #[serde(default = "default_in_chans")]
     pub in_chans: usize,
+    /// Stride of the stem (4).
     #[serde(default = "default_patch_size")]
     pub patch_size: usize,
 }
@@ -133,7 +154,10 @@ impl Config {
             return bad("dims must be positive".into());
         }
         if self.depths.is_empty() || self.depths.len() > 8 {
-            return bad(format!("depths must list 1 to 8 stages, got {:?}", self.depths));
+            return bad(format!(
+                "depths must list 1 to 8 stages, got {:?}",
+                self.depths
+            ));
         }
         if self.ssm_ratio > 0.0 && self.ssm_d_state == 0 {
             return bad("ssm_d_state must be positive".into());
@@ -146,13 +170,15 @@ impl Config {
         }
         if let DtRank::Named(s) = &self.ssm_dt_rank {
             if s != "auto" {
-                return bad(format!("ssm_dt_rank must be \"auto\" or an integer, got {s:?}"));
+                return bad(format!(
+                    "ssm_dt_rank must be \"auto\" or an integer, got {s:?}"
+                ));
             }
         }
         if matches!(self.ssm_dt_rank, DtRank::Fixed(0)) {
             return bad("ssm_dt_rank must be positive".into());
         }
-        if self.ssm_conv == 0 || self.ssm_conv % 2 == 0 {
+        if self.ssm_conv == 0 || self.ssm_conv.is_multiple_of(2) {
             return bad(format!("ssm_conv must be odd, got {}", self.ssm_conv));
         }
         if self.in_chans == 0 {
@@ -161,17 +187,23 @@ impl Config {
         if self.patch_size != 4 {
             return bad(format!("patch_size must be 4, got {}", self.patch_size));
         }
-        if self.patchembed_version == StemVersion::V2 && self.dims % 2 != 0 {
+        if self.patchembed_version == StemVersion::V2 && !self.dims.is_multiple_of(2) {
             return bad(format!("the v2 stem needs even dims, got {}", self.dims));
         }
         match &self.out_indices {
             Some(idx) => {
                 if let Some(i) = idx.iter().find(|&&i| i >= self.depths.len()) {
-                    return bad(format!("out_indices holds {i}, but there are {} stages", self.depths.len()));
+                    return bad(format!(
+                        "out_indices holds {i}, but there are {} stages",
+                        self.depths.len()
+                    ));
                 }
             }
             None if self.num_classes == 0 => {
-                return bad("a classifier needs num_classes > 0 (or give out_indices for a backbone)".into())
+                return bad(
+                    "a classifier needs num_classes > 0 (or give out_indices for a backbone)"
+                        .into(),
+                )
             }
             None => {}
         }
@@ -192,6 +224,12 @@ impl Config {
     ];
 
     /// A released configuration by name, with 1000 ImageNet classes.
+    ///
+    /// ```
+    /// let cfg = vmamba_rt::Config::preset("vanilla-vmamba-tiny").unwrap();
+    /// assert_eq!((cfg.dims, cfg.ssm_d_state, cfg.d_inner(96)), (96, 16, 192));
+    /// assert!(vmamba_rt::Config::preset("vmamba-huge").is_none());
+    /// ```
     pub fn preset(name: &str) -> Option<Self> {
         let (dims, depths, v2, ratio): (usize, [usize; 4], bool, f64) = match name {
             "vanilla-vmamba-tiny" => (96, [2, 2, 9, 2], false, 2.0),
@@ -213,10 +251,18 @@ impl Config {
             ssm_dt_rank: default_dt_rank(),
             ssm_conv: 3,
             ssm_conv_bias: !v2,
-            forward_type: if v2 { ForwardType::V05NoZ } else { ForwardType::V0 },
+            forward_type: if v2 {
+                ForwardType::V05NoZ
+            } else {
+                ForwardType::V0
+            },
             mlp_ratio: if v2 { 4.0 } else { 0.0 },
             patchembed_version: if v2 { StemVersion::V2 } else { StemVersion::V1 },
-            downsample_version: if v2 { DownsampleVersion::V3 } else { DownsampleVersion::V1 },
+            downsample_version: if v2 {
+                DownsampleVersion::V3
+            } else {
+                DownsampleVersion::V1
+            },
             num_classes: 1000,
             out_indices: None,
             in_chans: 3,
@@ -251,6 +297,10 @@ mod tests {
         assert!(err.contains("ssm_dt_rank"), "{err}");
         let mut b = c.clone();
         b.out_indices = Some(vec![0, 7]);
-        assert!(b.validate().unwrap_err().to_string().contains("out_indices holds 7"));
+        assert!(b
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("out_indices holds 7"));
     }
 }

@@ -9,13 +9,20 @@ pub enum Error {
     /// A file could not be opened or read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a valid safetensors file.
     #[error("{path}: not a valid safetensors file: {reason}")]
-    Format { path: String, reason: String },
+    Format {
+        /// The file (or `<bytes>`).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The architecture description is missing or inconsistent.
     #[error("invalid model config: {0}")]
     Config(String),
@@ -28,13 +35,21 @@ pub enum Error {
     /// A tensor has another shape than the architecture needs.
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
+        /// The tensor.
         name: String,
+        /// The shape the architecture needs.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
     /// A tensor is stored in a dtype the runtime does not read.
     #[error("tensor '{name}' has dtype {dtype}; converted weights must be F32")]
-    Dtype { name: String, dtype: String },
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype in the file.
+        dtype: String,
+    },
     /// The input batch does not fit the model.
     #[error("bad input: {0}")]
     Input(String),

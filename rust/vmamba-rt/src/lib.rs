@@ -4,18 +4,39 @@
 //! (Liu et al., "VMamba: Visual State Space Model", arXiv 2401.10166), running
 //! weights converted from the official checkpoints to safetensors.
 //!
-//! ```no_run
+//! Weights are memory-mapped; the forward pass runs on all cores (set
+//! `VMAMBA_RT_NUM_THREADS` or call [`VMamba::set_num_threads`]) with SIMD kernels
+//! chosen at run time (AVX-512, AVX2+FMA, or portable code elsewhere).
+//!
+//! ```
 //! use vmamba_rt::VMamba;
-//! let model = VMamba::load("weights/digits.safetensors")?;
-//! let image = vec![0.0f32; 3 * 64 * 64];
-//! let logits = model.forward(&image, [1, 3, 64, 64])?;
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+//! let model = VMamba::load(path)?; // e.g. "weights/digits.safetensors"
+//! let batch = vec![0.0f32; 2 * 3 * 64 * 64]; // NCHW, already normalised
+//! let logits = model.forward(&batch, [2, 3, 64, 64])?;
+//! assert_eq!(logits.len(), 2 * model.config().num_classes);
+//! let best = model.top_k(&logits[..10], 1);
+//! println!("first image: {} ({:.1}%)", best[0].0, 100.0 * best[0].1);
 //! # Ok::<(), vmamba_rt::Error>(())
 //! ```
+//!
+//! Bad input is an [`Error`], never a panic:
+//!
+//! ```
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+//! let model = vmamba_rt::VMamba::load(path)?;
+//! let err = model.forward(&[0.0; 12], [1, 4, 1, 3]).unwrap_err();
+//! assert_eq!(err.to_string(), "bad input: expected 3 input channels, got 4 (input shape [1, 4, 1, 3])");
+//! # Ok::<(), vmamba_rt::Error>(())
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
 pub mod kernels;
 pub mod model;
+pub mod preprocess;
 pub mod weights;
 
 #[cfg(test)]

@@ -37,7 +37,11 @@ pub struct Param {
 
 #[derive(Clone)]
 enum ParamData {
-    Mapped { file: Arc<Storage>, start: usize, len: usize },
+    Mapped {
+        file: Arc<Storage>,
+        start: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<f32>>),
 }
 
@@ -45,9 +49,13 @@ impl Param {
     /// An owned tensor (used for weights the model re-lays out at load time).
     pub fn owned(data: Vec<f32>, shape: Vec<usize>) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        Param { data: ParamData::Owned(Arc::new(data)), shape }
+        Param {
+            data: ParamData::Owned(Arc::new(data)),
+            shape,
+        }
     }
 
+    /// Dimensions, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -91,7 +99,10 @@ impl Weights {
     /// Memory-map a safetensors file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; like every mmap-based loader we rely on the
         // file not being truncated by another process while the model lives.
@@ -106,17 +117,33 @@ impl Weights {
 
     fn from_storage(storage: Storage, origin: &str) -> Result<Self> {
         let bytes = storage.bytes();
-        let format = |reason: String| Error::Format { path: origin.to_string(), reason };
+        let format = |reason: String| Error::Format {
+            path: origin.to_string(),
+            reason,
+        };
         let st = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format(e.to_string()))?;
         let base = bytes.as_ptr() as usize;
         let mut entries = HashMap::new();
         for (name, view) in st.tensors() {
             let start = view.data().as_ptr() as usize - base;
-            entries.insert(name, Entry { dtype: view.dtype(), shape: view.shape().to_vec(), start });
+            entries.insert(
+                name,
+                Entry {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    start,
+                },
+            );
         }
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(Weights { synthetic: None, file: Arc::new(storage), entries, metadata, used: Mutex::new(BTreeMap::new()) })
+        Ok(Weights {
+            synthetic: None,
+            file: Arc::new(storage),
+            entries,
+            metadata,
+            used: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// A source of random weights (seeded) for any architecture: each lookup
@@ -135,7 +162,9 @@ impl Weights {
     fn make_up(seed: u64, name: &str, shape: &[usize]) -> Param {
         let len: usize = shape.iter().product();
         let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f32;
-        let mut state = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1;
+        let mut state = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
         let mut uniform = move || {
             state ^= state << 13;
             state ^= state >> 7;
@@ -145,12 +174,16 @@ impl Weights {
         let last = name.rsplit('.').next().unwrap_or(name);
         let is_norm = name.contains("norm");
         let data: Vec<f32> = match last {
-            "A_logs" => (0..len).map(|i| ((i % shape[1]) as f32 + 1.0).ln()).collect(),
+            "A_logs" => (0..len)
+                .map(|i| ((i % shape[1]) as f32 + 1.0).ln())
+                .collect(),
             "Ds" => vec![1.0; len],
             "weight" if is_norm => vec![1.0; len],
             "bias" if is_norm => vec![0.0; len],
             "dt_projs_bias" => (0..len).map(|_| -4.0 + uniform()).collect(),
-            _ => (0..len).map(|_| uniform() * (3.0 / fan_in).sqrt()).collect(),
+            _ => (0..len)
+                .map(|_| uniform() * (3.0 / fan_in).sqrt())
+                .collect(),
         };
         Param::owned(data, shape.to_vec())
     }
@@ -170,28 +203,63 @@ impl Weights {
         self.entries.contains_key(name)
     }
 
+    /// The tensor `name` in whatever shape the file stores it.
+    pub fn tensor(&self, name: &str) -> Result<Param> {
+        let shape = match (&self.synthetic, self.entries.get(name)) {
+            (None, Some(e)) => e.shape.clone(),
+            _ => return Err(Error::MissingTensor(name.to_string())),
+        };
+        self.get(name, &shape)
+    }
+
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Param> {
         if let Some(seed) = self.synthetic {
-            self.used.lock().expect("weights lock").insert(name.to_string(), shape.to_vec());
+            self.used
+                .lock()
+                .expect("weights lock")
+                .insert(name.to_string(), shape.to_vec());
             return Ok(Self::make_up(seed, name, shape));
         }
-        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if e.shape != shape {
-            return Err(Error::ShapeMismatch { name: name.into(), expected: shape.to_vec(), found: e.shape.clone() });
+            return Err(Error::ShapeMismatch {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: e.shape.clone(),
+            });
         }
-        self.used.lock().expect("weights lock").insert(name.to_string(), shape.to_vec());
+        self.used
+            .lock()
+            .expect("weights lock")
+            .insert(name.to_string(), shape.to_vec());
         let len: usize = shape.iter().product();
         let bytes = &self.file.bytes()[e.start..];
         let data = match e.dtype {
-            Dtype::F32 if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 => {
-                ParamData::Mapped { file: self.file.clone(), start: e.start, len }
+            Dtype::F32
+                if cfg!(target_endian = "little")
+                    && (bytes.as_ptr() as usize).is_multiple_of(4) =>
+            {
+                ParamData::Mapped {
+                    file: self.file.clone(),
+                    start: e.start,
+                    len,
+                }
             }
             Dtype::F32 => ParamData::Owned(Arc::new(
-                bytes[..len * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                bytes[..len * 4]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
             )),
             Dtype::F16 => ParamData::Owned(Arc::new(
-                bytes[..len * 2].chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+                bytes[..len * 2]
+                    .chunks_exact(2)
+                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .collect(),
             )),
             Dtype::BF16 => ParamData::Owned(Arc::new(
                 bytes[..len * 2]
@@ -199,14 +267,27 @@ impl Weights {
                     .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
                     .collect(),
             )),
-            other => return Err(Error::Dtype { name: name.into(), dtype: format!("{other:?}") }),
+            other => {
+                return Err(Error::Dtype {
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
-        Ok(Param { data, shape: shape.to_vec() })
+        Ok(Param {
+            data,
+            shape: shape.to_vec(),
+        })
     }
 
     /// Names and shapes of the tensors looked up so far, in name order.
     pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
-        self.used.lock().expect("weights lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.used
+            .lock()
+            .expect("weights lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Fail on the first tensor (in name order) that no lookup asked for.

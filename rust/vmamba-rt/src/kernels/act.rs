@@ -38,7 +38,10 @@ mod tests {
         let mut y = x.clone();
         gelu_inplace(&mut y);
         for (a, b) in x.iter().zip(&y) {
-            assert!((gelu_ref(*a) - b).abs() <= 1e-6 * a.abs().max(1.0), "gelu({a})");
+            assert!(
+                (gelu_ref(*a) - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "gelu({a})"
+            );
         }
     }
 }

@@ -12,32 +12,44 @@ pub fn out_size(n: usize, k: usize, stride: usize, pad: usize) -> usize {
     (n + 2 * pad).saturating_sub(k) / stride + 1
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Gather patches: x (B, H, W, C) -> cols (B*Ho*Wo, k*k*C), patch order (ky, kx, c),
 /// zeros where the window leaves the image.
-pub fn im2col(x: &[f32], b: usize, h: usize, w: usize, c: usize, k: usize, stride: usize, pad: usize) -> Vec<f32> {
+pub fn im2col(
+    x: &[f32],
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Vec<f32> {
     let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
     let kc = k * k * c;
     let mut cols = vec![0.0f32; b * ho * wo * kc];
-    cols.par_chunks_mut(wo * kc).enumerate().for_each(|(row, out)| {
-        let (bi, oy) = (row / ho, row % ho);
-        for ox in 0..wo {
-            for ky in 0..k {
-                let iy = (oy * stride + ky) as isize - pad as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * stride + kx) as isize - pad as isize;
-                    if ix < 0 || ix >= w as isize {
+    cols.par_chunks_mut(wo * kc)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (bi, oy) = (row / ho, row % ho);
+            for ox in 0..wo {
+                for ky in 0..k {
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
                         continue;
                     }
-                    let src = ((bi * h + iy as usize) * w + ix as usize) * c;
-                    let dst = ox * kc + (ky * k + kx) * c;
-                    out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                    for kx in 0..k {
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let src = ((bi * h + iy as usize) * w + ix as usize) * c;
+                        let dst = ox * kc + (ky * k + kx) * c;
+                        out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                    }
                 }
             }
-        }
-    });
+        });
     cols
 }
 
@@ -57,6 +69,7 @@ pub fn conv_weight_to_cols(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<
 /// Depthwise k x k convolution, stride 1, "same" padding, then SiLU.
 /// x: (B, H, W, C) with row stride `x_stride` (>= C); w: (k*k, C) tap-major;
 /// out: (B, H, W, C) contiguous.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dwconv_silu_row(
     x: &[f32],
@@ -145,7 +158,15 @@ pub fn dwconv_silu(
 }
 
 /// Reference depthwise conv + SiLU on an NCHW map: x (C, H, W), w (C, k, k).
-pub fn dwconv_silu_ref(x: &[f32], h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub fn dwconv_silu_ref(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let pad = (k / 2) as isize;
     let mut out = vec![0.0f32; c * h * w];
     for ch in 0..c {

@@ -7,7 +7,7 @@
 pub fn position(k: usize, l: usize, h: usize, w: usize) -> usize {
     let n = h * w;
     let l = if k >= 2 { n - 1 - l } else { l };
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         l
     } else {
         (l % h) * w + l / h

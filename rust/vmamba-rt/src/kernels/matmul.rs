@@ -3,22 +3,40 @@
 /// A dense row-major operand with an explicit row stride (elements).
 #[derive(Clone, Copy)]
 pub struct Mat<'a> {
+    /// The elements.
     pub data: &'a [f32],
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// Elements from one row to the next (>= cols).
     pub stride: usize,
 }
 
 impl<'a> Mat<'a> {
+    /// A contiguous matrix.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Mat { data, rows, cols, stride: cols }
+        Mat {
+            data,
+            rows,
+            cols,
+            stride: cols,
+        }
     }
+    /// A matrix whose rows are `stride` elements apart.
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        Mat { data, rows, cols, stride }
+        Mat {
+            data,
+            rows,
+            cols,
+            stride,
+        }
     }
     fn check(&self, what: &str) {
         assert!(
-            self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.stride + self.cols <= self.data.len(),
+            self.rows == 0
+                || self.cols == 0
+                || (self.rows - 1) * self.stride + self.cols <= self.data.len(),
             "{what}: {}x{} (stride {}) exceeds buffer of {}",
             self.rows,
             self.cols,
@@ -36,13 +54,18 @@ pub fn matmul_nt(x: Mat, w: Mat, out: &mut [f32], out_stride: usize, accumulate:
     assert_eq!(w.cols, k, "matmul_nt: inner sizes differ");
     x.check("matmul_nt lhs");
     w.check("matmul_nt rhs");
-    assert!(m == 0 || n == 0 || (m - 1) * out_stride + n <= out.len(), "matmul_nt: output too small");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * out_stride + n <= out.len(),
+        "matmul_nt: output too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            out.chunks_mut(out_stride).take(m).for_each(|r| r[..n].fill(0.0));
+            out.chunks_mut(out_stride)
+                .take(m)
+                .for_each(|r| r[..n].fill(0.0));
         }
         return;
     }
@@ -92,7 +115,10 @@ pub fn add_bias(out: &mut [f32], stride: usize, bias: &[f32]) {
     use rayon::prelude::*;
     out.par_chunks_mut(stride * super::ROW_CHUNK).for_each(|c| {
         for row in c.chunks_mut(stride) {
-            row[..bias.len()].iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            row[..bias.len()]
+                .iter_mut()
+                .zip(bias)
+                .for_each(|(o, b)| *o += b);
         }
     });
 }
@@ -111,8 +137,20 @@ mod tests {
         for acc in [false, true] {
             let mut a = init.clone();
             let mut b = init.clone();
-            matmul_nt(Mat::strided(&x, m, k, 25), Mat::new(&w, n, k), &mut a, 30, acc);
-            matmul_nt_ref(Mat::strided(&x, m, k, 25), Mat::new(&w, n, k), &mut b, 30, acc);
+            matmul_nt(
+                Mat::strided(&x, m, k, 25),
+                Mat::new(&w, n, k),
+                &mut a,
+                30,
+                acc,
+            );
+            matmul_nt_ref(
+                Mat::strided(&x, m, k, 25),
+                Mat::new(&w, n, k),
+                &mut b,
+                30,
+                acc,
+            );
             assert!(max_abs_diff(&a, &b) < 1e-4, "acc={acc}");
         }
     }

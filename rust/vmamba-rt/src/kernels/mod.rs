@@ -8,8 +8,8 @@
 pub mod act;
 pub mod conv;
 pub mod cross_scan;
-pub mod matmul;
 pub mod math;
+pub mod matmul;
 pub mod norm;
 pub mod scan;
 pub(crate) mod simd;

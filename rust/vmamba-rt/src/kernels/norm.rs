@@ -5,6 +5,7 @@ use rayon::prelude::*;
 use super::simd::dispatch;
 use super::ROW_CHUNK;
 
+/// LayerNorm epsilon of every norm in the model.
 pub const EPS: f32 = 1e-5;
 const LANES: usize = 8;
 
@@ -42,7 +43,14 @@ fn norm_row(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32]) {
 }
 
 #[inline(always)]
-fn layer_norm_body(x: &[f32], x_stride: usize, out: &mut [f32], out_stride: usize, w: &[f32], b: &[f32]) {
+fn layer_norm_body(
+    x: &[f32],
+    x_stride: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    w: &[f32],
+    b: &[f32],
+) {
     for (xr, or) in x.chunks(x_stride).zip(out.chunks_mut(out_stride)) {
         norm_row(xr, or, w, b);
     }
@@ -51,10 +59,21 @@ fn layer_norm_body(x: &[f32], x_stride: usize, out: &mut [f32], out_stride: usiz
 dispatch!(fn layer_norm_chunk(x: &[f32], x_stride: usize, out: &mut [f32], out_stride: usize, w: &[f32], b: &[f32]) => layer_norm_body);
 
 /// LayerNorm of `rows` rows of width `w.len()`: x (rows, x_stride) -> out (rows, out_stride).
-pub fn layer_norm(x: &[f32], x_stride: usize, out: &mut [f32], out_stride: usize, rows: usize, w: &[f32], b: &[f32]) {
+pub fn layer_norm(
+    x: &[f32],
+    x_stride: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    rows: usize,
+    w: &[f32],
+    b: &[f32],
+) {
     let c = w.len();
     assert!(c <= x_stride && c <= out_stride && b.len() == c);
-    assert!(rows == 0 || ((rows - 1) * x_stride + c <= x.len() && (rows - 1) * out_stride + c <= out.len()));
+    assert!(
+        rows == 0
+            || ((rows - 1) * x_stride + c <= x.len() && (rows - 1) * out_stride + c <= out.len())
+    );
     out.par_chunks_mut(out_stride * ROW_CHUNK)
         .zip(x.par_chunks(x_stride * ROW_CHUNK))
         .take(rows.div_ceil(ROW_CHUNK))
@@ -81,7 +100,8 @@ pub fn layer_norm_ref(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32]) {
         let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
         let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
         for i in 0..c {
-            or[i] = (((xr[i] as f64 - mean) / (var + EPS as f64).sqrt()) * w[i] as f64 + b[i] as f64) as f32;
+            or[i] = (((xr[i] as f64 - mean) / (var + EPS as f64).sqrt()) * w[i] as f64
+                + b[i] as f64) as f32;
         }
     }
 }

@@ -58,8 +58,11 @@ const LANES: usize = 16;
 
 /// Inputs of the fused four-direction scan for a batch, all channel-last.
 pub struct CrossScan<'a> {
+    /// Images in the batch.
     pub batch: usize,
+    /// Height of each map.
     pub h: usize,
+    /// Width of each map.
     pub w: usize,
     /// Inner width Di.
     pub di: usize,
@@ -107,10 +110,34 @@ impl Walk {
     fn new(k: usize, h: usize, w: usize) -> Self {
         let (hw, wi) = ((h * w) as isize, w as isize);
         match k {
-            0 => Walk { lines: 1, len: h * w, start: 0, line_step: 0, step: 1 },
-            1 => Walk { lines: w, len: h, start: 0, line_step: 1, step: wi },
-            2 => Walk { lines: 1, len: h * w, start: hw - 1, line_step: 0, step: -1 },
-            _ => Walk { lines: w, len: h, start: hw - 1, line_step: -1, step: -wi },
+            0 => Walk {
+                lines: 1,
+                len: h * w,
+                start: 0,
+                line_step: 0,
+                step: 1,
+            },
+            1 => Walk {
+                lines: w,
+                len: h,
+                start: 0,
+                line_step: 1,
+                step: wi,
+            },
+            2 => Walk {
+                lines: 1,
+                len: h * w,
+                start: hw - 1,
+                line_step: 0,
+                step: -1,
+            },
+            _ => Walk {
+                lines: w,
+                len: h,
+                start: hw - 1,
+                line_step: -1,
+                step: -wi,
+            },
         }
     }
 }
@@ -136,7 +163,13 @@ struct BlockConsts {
 /// One step of the recurrence at one pixel for a block of channels; returns y.
 /// `h` is the state (N x lanes), `bc` the pixel's B (N) then C (N).
 #[inline(always)]
-fn step(u: &[f32; LANES], dr: &[f32; LANES], bc: &[f32], c: &BlockConsts, h: &mut [[f32; LANES]]) -> [f32; LANES] {
+fn step(
+    u: &[f32; LANES],
+    dr: &[f32; LANES],
+    bc: &[f32],
+    c: &BlockConsts,
+    h: &mut [[f32; LANES]],
+) -> [f32; LANES] {
     let n = h.len();
     let mut dt = [0.0f32; LANES];
     let mut du = [0.0f32; LANES];
@@ -160,11 +193,22 @@ fn step(u: &[f32; LANES], dr: &[f32; LANES], bc: &[f32], c: &BlockConsts, h: &mu
 
 /// One image, one block of channels `d0..d0+nc`, one direction. The hot loop.
 #[inline(always)]
-fn scan_block<const FULL: bool>(s: &CrossScan, img: usize, d0: usize, nc: usize, k: usize, y: SharedMut) {
+fn scan_block<const FULL: bool>(
+    s: &CrossScan,
+    img: usize,
+    d0: usize,
+    nc: usize,
+    k: usize,
+    y: SharedMut,
+) {
     let (di, n, hw) = (s.di, s.n, s.h * s.w);
     let xs = 4 * (s.r + 2 * s.n);
     let ch0 = k * di + d0;
-    let mut consts = BlockConsts { a: vec![[0.0f32; LANES]; n], dskip: load::<FULL>(&s.d[ch0..], nc), bias: load::<FULL>(&s.bias[ch0..], nc) };
+    let mut consts = BlockConsts {
+        a: vec![[0.0f32; LANES]; n],
+        dskip: load::<FULL>(&s.d[ch0..], nc),
+        bias: load::<FULL>(&s.bias[ch0..], nc),
+    };
     for i in 0..nc {
         for st in 0..n {
             consts.a[st][i] = s.a[(ch0 + i) * n + st];
@@ -247,7 +291,8 @@ pub fn cross_selective_scan_ref(s: &CrossScan) -> Vec<f32> {
             for t in 0..hw {
                 let p = position(k, t, s.h, s.w);
                 for ch in 0..di {
-                    delta[(k * di + ch) * hw + t] = s.delta[(k * s.batch * hw + rows + p) * di + ch];
+                    delta[(k * di + ch) * hw + t] =
+                        s.delta[(k * s.batch * hw + rows + p) * di + ch];
                 }
                 let base = (rows + p) * xs + k * (r + 2 * n) + r;
                 for st in 0..n {
@@ -280,12 +325,28 @@ mod tests {
         let a: Vec<f32> = randn(4 * di * n, 4).iter().map(|v| -v.exp()).collect();
         let d = randn(4 * di, 5);
         let bias = randn(4 * di, 6);
-        let s = CrossScan { batch, h, w, di, n, r, u: &u, delta: &delta, xdbl: &xdbl, a: &a, d: &d, bias: &bias };
+        let s = CrossScan {
+            batch,
+            h,
+            w,
+            di,
+            n,
+            r,
+            u: &u,
+            delta: &delta,
+            xdbl: &xdbl,
+            a: &a,
+            d: &d,
+            bias: &bias,
+        };
         let want = cross_selective_scan_ref(&s);
         let mut got = vec![0.0f32; rows * di];
         cross_selective_scan(&s, &mut got);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(max_abs_diff(&got, &want) <= 2e-5 * scale, "B{batch} {h}x{w} Di{di} N{n}");
+        assert!(
+            max_abs_diff(&got, &want) <= 2e-5 * scale,
+            "B{batch} {h}x{w} Di{di} N{n}"
+        );
     }
 
     #[test]

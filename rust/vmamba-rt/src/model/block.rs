@@ -17,7 +17,10 @@ pub struct VssBlock {
 impl VssBlock {
     pub fn load(cfg: &Config, ws: &Weights, p: &str, c: usize) -> Result<Self> {
         let ssm = if cfg.ssm_ratio > 0.0 {
-            Some((Norm::load(ws, &format!("{p}.norm"), c)?, Ss2d::load(cfg, ws, &format!("{p}.op"), c)?))
+            Some((
+                Norm::load(ws, &format!("{p}.norm"), c)?,
+                Ss2d::load(cfg, ws, &format!("{p}.op"), c)?,
+            ))
         } else {
             None
         };

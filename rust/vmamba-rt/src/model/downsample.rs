@@ -22,7 +22,11 @@ impl Downsample {
                 reduction: Linear::load(ws, &format!("{prefix}.reduction"), 2 * c, 4 * c, false)?,
             },
             DownsampleVersion::V2 | DownsampleVersion::V3 => {
-                let (k, pad) = if version == DownsampleVersion::V2 { (2, 0) } else { (3, 1) };
+                let (k, pad) = if version == DownsampleVersion::V2 {
+                    (2, 0)
+                } else {
+                    (3, 1)
+                };
                 Downsample::Conv {
                     conv: Conv2d::load(ws, &format!("{prefix}.1"), c, 2 * c, k, 2, pad)?,
                     norm: Norm::load(ws, &format!("{prefix}.3"), 2 * c)?,
@@ -43,7 +47,11 @@ impl Downsample {
             Downsample::Merge { norm, reduction } => {
                 let merged = patch_merge(x);
                 let normed = norm.apply(&merged.data);
-                Map { data: reduction.forward(&normed, merged.rows()), c: 2 * x.c, ..merged }
+                Map {
+                    data: reduction.forward(&normed, merged.rows()),
+                    c: 2 * x.c,
+                    ..merged
+                }
             }
             Downsample::Conv { conv, norm } => {
                 let mut y = conv.forward(x);
@@ -59,17 +67,25 @@ impl Downsample {
 fn patch_merge(x: &Map) -> Map {
     let (ho, wo, c) = (x.h.div_ceil(2), x.w.div_ceil(2), x.c);
     let mut data = vec![0.0f32; x.b * ho * wo * 4 * c];
-    data.par_chunks_mut(wo * 4 * c).enumerate().for_each(|(row, out)| {
-        let (bi, oy) = (row / ho, row % ho);
-        for ox in 0..wo {
-            for (g, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].into_iter().enumerate() {
-                let (iy, ix) = (2 * oy + dy, 2 * ox + dx);
-                if iy < x.h && ix < x.w {
-                    let src = ((bi * x.h + iy) * x.w + ix) * c;
-                    out[(ox * 4 + g) * c..][..c].copy_from_slice(&x.data[src..src + c]);
+    data.par_chunks_mut(wo * 4 * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (bi, oy) = (row / ho, row % ho);
+            for ox in 0..wo {
+                for (g, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].into_iter().enumerate() {
+                    let (iy, ix) = (2 * oy + dy, 2 * ox + dx);
+                    if iy < x.h && ix < x.w {
+                        let src = ((bi * x.h + iy) * x.w + ix) * c;
+                        out[(ox * 4 + g) * c..][..c].copy_from_slice(&x.data[src..src + c]);
+                    }
                 }
             }
-        }
-    });
-    Map { data, b: x.b, h: ho, w: wo, c: 4 * c }
+        });
+    Map {
+        data,
+        b: x.b,
+        h: ho,
+        w: wo,
+        c: 4 * c,
+    }
 }

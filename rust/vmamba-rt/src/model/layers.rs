@@ -2,8 +2,8 @@
 //! LayerNorm and dense convolutions, each loaded by name and shape.
 
 use crate::error::Result;
-use crate::kernels::{conv, matmul, norm};
 use crate::kernels::matmul::Mat;
+use crate::kernels::{conv, matmul, norm};
 use crate::weights::{Param, Weights};
 
 /// A batch of channel-last feature maps: data (B, H, W, C).
@@ -33,7 +33,11 @@ pub struct Linear {
 impl Linear {
     pub fn load(ws: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
         let w = ws.get(&format!("{prefix}.weight"), &[out, inp])?;
-        let b = if bias { Some(ws.get(&format!("{prefix}.bias"), &[out])?) } else { None };
+        let b = if bias {
+            Some(ws.get(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear { w, b, out, inp })
     }
 
@@ -46,7 +50,13 @@ impl Linear {
 
     /// Writes (or with `accumulate`, adds) x W^T + b into `out` (rows, out).
     pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool) {
-        matmul::matmul_nt(Mat::new(x, rows, self.inp), Mat::new(self.w.data(), self.out, self.inp), out, self.out, accumulate);
+        matmul::matmul_nt(
+            Mat::new(x, rows, self.inp),
+            Mat::new(self.w.data(), self.out, self.inp),
+            out,
+            self.out,
+            accumulate,
+        );
         if let Some(b) = &self.b {
             matmul::add_bias(out, self.out, b.data());
         }
@@ -61,7 +71,10 @@ pub struct Norm {
 
 impl Norm {
     pub fn load(ws: &Weights, prefix: &str, c: usize) -> Result<Self> {
-        Ok(Norm { w: ws.get(&format!("{prefix}.weight"), &[c])?, b: ws.get(&format!("{prefix}.bias"), &[c])? })
+        Ok(Norm {
+            w: ws.get(&format!("{prefix}.weight"), &[c])?,
+            b: ws.get(&format!("{prefix}.bias"), &[c])?,
+        })
     }
 
     pub fn inplace(&self, x: &mut [f32]) {
@@ -88,25 +101,57 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(ws: &Weights, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
+    pub fn load(
+        ws: &Weights,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
         let w = ws.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?;
         let b = ws.get(&format!("{prefix}.bias"), &[cout])?;
         let cols = conv::conv_weight_to_cols(w.data(), cout, cin, k);
         let w = Param::owned(cols, vec![cout, k * k * cin]);
-        Ok(Conv2d { lin: Linear { w, b: Some(b), out: cout, inp: k * k * cin }, cin, k, stride, pad })
+        Ok(Conv2d {
+            lin: Linear {
+                w,
+                b: Some(b),
+                out: cout,
+                inp: k * k * cin,
+            },
+            cin,
+            k,
+            stride,
+            pad,
+        })
     }
 
     /// Output spatial size for an input of `h` x `w`, or `None` if the window does not fit.
     pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         let fits = |n: usize| n + 2 * self.pad >= self.k;
-        (fits(h) && fits(w)).then(|| (conv::out_size(h, self.k, self.stride, self.pad), conv::out_size(w, self.k, self.stride, self.pad)))
+        (fits(h) && fits(w)).then(|| {
+            (
+                conv::out_size(h, self.k, self.stride, self.pad),
+                conv::out_size(w, self.k, self.stride, self.pad),
+            )
+        })
     }
 
     pub fn forward(&self, x: &Map) -> Map {
         debug_assert_eq!(x.c, self.cin);
-        let (ho, wo) = self.out_hw(x.h, x.w).expect("input size checked by the model plan");
+        let (ho, wo) = self
+            .out_hw(x.h, x.w)
+            .expect("input size checked by the model plan");
         let cols = conv::im2col(&x.data, x.b, x.h, x.w, x.c, self.k, self.stride, self.pad);
         let data = self.lin.forward(&cols, x.b * ho * wo);
-        Map { data, b: x.b, h: ho, w: wo, c: self.lin.out }
+        Map {
+            data,
+            b: x.b,
+            h: ho,
+            w: wo,
+            c: self.lin.out,
+        }
     }
 }

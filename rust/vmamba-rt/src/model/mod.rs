@@ -20,7 +20,11 @@ use stem::Stem;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::preprocess::Preprocess;
 use crate::weights::{Weights, META_CONFIG};
+
+/// Metadata key holding the class names as a JSON list.
+pub const META_LABELS: &str = "vmamba_rt.labels";
 
 /// Environment variable that sets the number of worker threads (default: all cores).
 pub const THREADS_ENV: &str = "VMAMBA_RT_NUM_THREADS";
@@ -28,6 +32,7 @@ pub const THREADS_ENV: &str = "VMAMBA_RT_NUM_THREADS";
 /// One feature map, channel-first: data (B, C, H, W).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeatureMap {
+    /// Elements, channel-first.
     pub data: Vec<f32>,
     /// [B, C, H, W]
     pub shape: [usize; 4],
@@ -58,6 +63,14 @@ pub struct VMamba {
 
 impl VMamba {
     /// Load a converted `.safetensors` file; the architecture comes from its metadata.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+    /// let model = vmamba_rt::VMamba::load(path)?;
+    /// assert_eq!(model.config().depths, vec![1, 1, 2, 1]);
+    /// assert!(vmamba_rt::VMamba::load("no/such/file.safetensors").is_err());
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let ws = Weights::open(path)?;
@@ -82,7 +95,12 @@ impl VMamba {
                 .map(|j| VssBlock::load(&config, ws, &format!("layers.{i}.blocks.{j}"), c))
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < n {
-                Some(Downsample::load(config.downsample_version, ws, &format!("layers.{i}.downsample"), c)?)
+                Some(Downsample::load(
+                    config.downsample_version,
+                    ws,
+                    &format!("layers.{i}.downsample"),
+                    c,
+                )?)
             } else {
                 None
             };
@@ -90,7 +108,11 @@ impl VMamba {
                 Some(idx) if idx.contains(&i) => Some(Norm::load(ws, &format!("outnorm{i}"), c)?),
                 _ => None,
             };
-            stages.push(Stage { blocks, downsample, outnorm });
+            stages.push(Stage {
+                blocks,
+                downsample,
+                outnorm,
+            });
         }
         let head = if config.is_backbone() {
             None
@@ -102,8 +124,18 @@ impl VMamba {
             })
         };
         ws.check_all_used()?;
-        let mut model = VMamba { config, metadata: ws.metadata().clone(), stem, stages, head, pool: None };
-        if let Some(t) = std::env::var(THREADS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        let mut model = VMamba {
+            config,
+            metadata: ws.metadata().clone(),
+            stem,
+            stages,
+            head,
+            pool: None,
+        };
+        if let Some(t) = std::env::var(THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
             model.set_num_threads(t)?;
         }
         Ok(model)
@@ -111,6 +143,14 @@ impl VMamba {
 
     /// A model of the given architecture with random weights (see
     /// [`Weights::synthetic`]): for benchmarks in the released shapes.
+    ///
+    /// ```
+    /// let mut cfg = vmamba_rt::Config::preset("vmamba-tiny-s1l8").unwrap();
+    /// cfg.dims = 8; // keep the example small
+    /// let model = vmamba_rt::VMamba::random(cfg, 0)?;
+    /// assert_eq!(model.forward(&vec![0.0; 3 * 32 * 32], [1, 3, 32, 32])?.len(), 1000);
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
     pub fn random(config: Config, seed: u64) -> Result<Self> {
         Self::from_weights(config, &Weights::synthetic(seed))
     }
@@ -122,6 +162,7 @@ impl VMamba {
         Ok(ws.requested())
     }
 
+    /// The architecture.
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -129,6 +170,58 @@ impl VMamba {
     /// Header metadata of the weights file (config, labels, preprocessing, ...).
     pub fn metadata(&self) -> &std::collections::HashMap<String, String> {
         &self.metadata
+    }
+
+    /// Class names from the weights' metadata (`vmamba_rt.labels`), else "0", "1", ...
+    pub fn labels(&self) -> Vec<String> {
+        let n = self.config.num_classes;
+        self.metadata
+            .get(META_LABELS)
+            .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+            .filter(|l| l.len() == n)
+            .unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect())
+    }
+
+    /// The model's preprocessing settings (from metadata; ImageNet defaults when absent).
+    pub fn preprocess(&self) -> Result<Preprocess> {
+        Preprocess::from_metadata(&self.metadata)
+    }
+
+    /// The `k` most probable classes of one row of logits, as (label, probability), best first.
+    pub fn top_k(&self, logits: &[f32], k: usize) -> Vec<(String, f32)> {
+        let labels = self.labels();
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let exps: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]));
+        idx.into_iter()
+            .take(k)
+            .map(|i| {
+                (
+                    labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
+                    (exps[i] / total) as f32,
+                )
+            })
+            .collect()
+    }
+
+    /// Decode, preprocess and classify one image file: the `k` best (label, probability).
+    ///
+    /// ```
+    /// let model = vmamba_rt::VMamba::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors"))?;
+    /// let image = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/images/digit_3.png");
+    /// let top = model.classify_file(image, 3)?;
+    /// assert_eq!(top[0].0, "3");
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
+    #[cfg(feature = "image")]
+    pub fn classify_file(&self, path: impl AsRef<Path>, k: usize) -> Result<Vec<(String, f32)>> {
+        let pre = self.preprocess()?;
+        let x = pre.apply(&crate::preprocess::load_rgb(path)?);
+        let s = pre.input_size;
+        let logits = self.forward(&x, [1, 3, s, s])?;
+        Ok(self.top_k(&logits, k))
     }
 
     /// Run on `n` worker threads (0: rayon's global pool, all cores).
@@ -149,7 +242,13 @@ impl VMamba {
     /// The spatial size after the stem and after each stage's downsample, or an
     /// error naming the smallest size that works when the input is too small.
     fn plan(&self, h: usize, w: usize) -> Result<Vec<(usize, usize)>> {
-        let too_small = || Error::Input(format!("input of {h}x{w} pixels is too small for this model (needs at least {}x{})", self.min_size(), self.min_size()));
+        let too_small = || {
+            Error::Input(format!(
+                "input of {h}x{w} pixels is too small for this model (needs at least {}x{})",
+                self.min_size(),
+                self.min_size()
+            ))
+        };
         let mut sizes = vec![self.stem.out_hw(h, w).ok_or_else(too_small)?];
         for st in &self.stages {
             if let Some(ds) = &st.downsample {
@@ -162,15 +261,17 @@ impl VMamba {
 
     /// Smallest square input side the model accepts.
     pub fn min_size(&self) -> usize {
-        (1..=64).find(|&s| {
-            let mut ok = self.stem.out_hw(s, s);
-            for st in &self.stages {
-                if let (Some((h, w)), Some(ds)) = (ok, &st.downsample) {
-                    ok = ds.out_hw(h, w);
+        (1..=64)
+            .find(|&s| {
+                let mut ok = self.stem.out_hw(s, s);
+                for st in &self.stages {
+                    if let (Some((h, w)), Some(ds)) = (ok, &st.downsample) {
+                        ok = ds.out_hw(h, w);
+                    }
                 }
-            }
-            ok.is_some()
-        }).unwrap_or(64)
+                ok.is_some()
+            })
+            .unwrap_or(64)
     }
 
     fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
@@ -179,11 +280,20 @@ impl VMamba {
             return Err(Error::Input("empty batch (B = 0)".into()));
         }
         if c != self.config.in_chans {
-            return Err(Error::Input(format!("expected {} input channels, got {c} (input shape {shape:?})", self.config.in_chans)));
+            return Err(Error::Input(format!(
+                "expected {} input channels, got {c} (input shape {shape:?})",
+                self.config.in_chans
+            )));
         }
-        let want = b.checked_mul(c).and_then(|v| v.checked_mul(h)).and_then(|v| v.checked_mul(w));
+        let want = b
+            .checked_mul(c)
+            .and_then(|v| v.checked_mul(h))
+            .and_then(|v| v.checked_mul(w));
         if want != Some(x.len()) {
-            return Err(Error::Input(format!("input holds {} values but shape {shape:?} needs {want:?}", x.len())));
+            return Err(Error::Input(format!(
+                "input holds {} values but shape {shape:?} needs {want:?}",
+                x.len()
+            )));
         }
         self.plan(h, w).map(|_| ())
     }
@@ -198,7 +308,13 @@ impl VMamba {
     /// Stem and stages; calls `tap(i, map)` with each stage's output before its downsample.
     fn trunk(&self, x: &[f32], shape: [usize; 4], mut tap: impl FnMut(usize, &Map)) -> Map {
         let [b, c, h, w] = shape;
-        let mut map = Map { data: nchw_to_nhwc(x, b, c, h, w), b, h, w, c };
+        let mut map = Map {
+            data: nchw_to_nhwc(x, b, c, h, w),
+            b,
+            h,
+            w,
+            c,
+        };
         map = self.stem.forward(&map);
         for (i, st) in self.stages.iter().enumerate() {
             for blk in &st.blocks {
@@ -218,7 +334,10 @@ impl VMamba {
             Error::Usage("this is a backbone model (out_indices set, no classifier head): use features() instead".into())
         })?;
         self.check_input(x, shape)?;
-        Ok(self.run(|| self.per_image(x, shape, |x, shape| self.logits(head, x, shape)).concat()))
+        Ok(self.run(|| {
+            self.per_image(x, shape, |x, shape| self.logits(head, x, shape))
+                .concat()
+        }))
     }
 
     fn logits(&self, head: &Head, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
@@ -239,7 +358,12 @@ impl VMamba {
     /// Run `f` on each image of the batch. One image uses every thread; a batch
     /// gives each worker thread whole images, each run single-threaded: no
     /// synchronisation inside the network and a working set that stays in cache.
-    fn per_image<T: Send>(&self, x: &[f32], shape: [usize; 4], f: impl Fn(&[f32], [usize; 4]) -> T + Sync) -> Vec<T> {
+    fn per_image<T: Send>(
+        &self,
+        x: &[f32],
+        shape: [usize; 4],
+        f: impl Fn(&[f32], [usize; 4]) -> T + Sync,
+    ) -> Vec<T> {
         let [b, c, h, w] = shape;
         let workers = rayon::current_num_threads().min(b);
         if workers <= 1 {
@@ -254,7 +378,10 @@ impl VMamba {
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
-                    let solo = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread");
+                    let solo = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .expect("one thread");
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if i >= b {
@@ -266,14 +393,27 @@ impl VMamba {
                 });
             }
         });
-        results.into_iter().map(|r| r.expect("every image ran")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every image ran"))
+            .collect()
     }
 
     /// Feature maps (NCHW). Backbones: one per `out_indices` stage, after its
     /// `outnorm`. Classifiers: every stage's output before its downsample.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+    /// let model = vmamba_rt::VMamba::load(path)?;
+    /// let maps = model.features(&vec![0.0; 3 * 64 * 64], [1, 3, 64, 64])?;
+    /// let shapes: Vec<[usize; 4]> = maps.iter().map(|m| m.shape).collect();
+    /// assert_eq!(shapes, [[1, 32, 16, 16], [1, 64, 8, 8], [1, 128, 4, 4], [1, 256, 2, 2]]);
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
     pub fn features(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<FeatureMap>> {
         self.check_input(x, shape)?;
-        let per_image = self.run(|| self.per_image(x, shape, |x, shape| self.stage_features(x, shape)));
+        let per_image =
+            self.run(|| self.per_image(x, shape, |x, shape| self.stage_features(x, shape)));
         // Stack the images' maps back into batches.
         let mut maps = per_image.into_iter();
         let mut out = maps.next().expect("batch is not empty");
@@ -294,7 +434,10 @@ impl VMamba {
                 (Some(_), None) => return,
                 (None, _) => map.data.clone(),
             };
-            out.push(FeatureMap { data: nhwc_to_nchw(&data, map.b, map.h, map.w, map.c), shape: [map.b, map.c, map.h, map.w] });
+            out.push(FeatureMap {
+                data: nhwc_to_nchw(&data, map.b, map.h, map.w, map.c),
+                shape: [map.b, map.c, map.h, map.w],
+            });
         });
         out
     }
@@ -302,24 +445,30 @@ impl VMamba {
 
 fn nchw_to_nhwc(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(h * w * c).zip(x.par_chunks(c * h * w)).take(b).for_each(|(o, i)| {
-        for p in 0..h * w {
-            for ch in 0..c {
-                o[p * c + ch] = i[ch * h * w + p];
+    out.par_chunks_mut(h * w * c)
+        .zip(x.par_chunks(c * h * w))
+        .take(b)
+        .for_each(|(o, i)| {
+            for p in 0..h * w {
+                for ch in 0..c {
+                    o[p * c + ch] = i[ch * h * w + p];
+                }
             }
-        }
-    });
+        });
     out
 }
 
 fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(c * h * w).zip(x.par_chunks(h * w * c)).take(b).for_each(|(o, i)| {
-        for p in 0..h * w {
-            for ch in 0..c {
-                o[ch * h * w + p] = i[p * c + ch];
+    out.par_chunks_mut(c * h * w)
+        .zip(x.par_chunks(h * w * c))
+        .take(b)
+        .for_each(|(o, i)| {
+            for p in 0..h * w {
+                for ch in 0..c {
+                    o[ch * h * w + p] = i[p * c + ch];
+                }
             }
-        }
-    });
+        });
     out
 }

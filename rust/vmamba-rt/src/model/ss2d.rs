@@ -35,9 +35,20 @@ pub struct Ss2d {
 
 impl Ss2d {
     pub fn load(cfg: &Config, ws: &Weights, p: &str, c: usize) -> Result<Self> {
-        let (di, n, r, k) = (cfg.d_inner(c), cfg.ssm_d_state, cfg.dt_rank(c), cfg.ssm_conv);
+        let (di, n, r, k) = (
+            cfg.d_inner(c),
+            cfg.ssm_d_state,
+            cfg.dt_rank(c),
+            cfg.ssm_conv,
+        );
         let gated = cfg.forward_type == ForwardType::V0;
-        let in_proj = Linear::load(ws, &format!("{p}.in_proj"), if gated { 2 * di } else { di }, c, false)?;
+        let in_proj = Linear::load(
+            ws,
+            &format!("{p}.in_proj"),
+            if gated { 2 * di } else { di },
+            c,
+            false,
+        )?;
         let w = ws.get(&format!("{p}.conv2d.weight"), &[di, 1, k, k])?;
         let mut conv_w = vec![0.0f32; di * k * k];
         for (ch, taps) in w.data().chunks(k * k).enumerate() {
@@ -45,7 +56,11 @@ impl Ss2d {
                 conv_w[t * di + ch] = *v;
             }
         }
-        let conv_b = if cfg.ssm_conv_bias { Some(ws.get(&format!("{p}.conv2d.bias"), &[di])?) } else { None };
+        let conv_b = if cfg.ssm_conv_bias {
+            Some(ws.get(&format!("{p}.conv2d.bias"), &[di])?)
+        } else {
+            None
+        };
         let a_logs = ws.get(&format!("{p}.A_logs"), &[4 * di, n])?;
         Ok(Ss2d {
             in_proj,
@@ -54,7 +69,12 @@ impl Ss2d {
             conv_k: k,
             x_proj: ws.get(&format!("{p}.x_proj_weight"), &[4, r + 2 * n, di])?,
             dt_w: ws.get(&format!("{p}.dt_projs_weight"), &[4, di, r])?,
-            dt_b: Param::owned(ws.get(&format!("{p}.dt_projs_bias"), &[4, di])?.data().to_vec(), vec![4 * di]),
+            dt_b: Param::owned(
+                ws.get(&format!("{p}.dt_projs_bias"), &[4, di])?
+                    .data()
+                    .to_vec(),
+                vec![4 * di],
+            ),
             a: a_logs.data().iter().map(|v| -v.exp()).collect(),
             ds: ws.get(&format!("{p}.Ds"), &[4 * di])?,
             out_norm: Norm::load(ws, &format!("{p}.out_norm"), di)?,
@@ -75,11 +95,28 @@ impl Ss2d {
         // u = SiLU(dwconv(x)): (rows, Di)
         let mut u = vec![0.0f32; rows * di];
         let bias = self.conv_b.as_ref().map(|b| b.data());
-        conv::dwconv_silu(&proj, proj_stride, b, h, w, di, self.conv_k, &self.conv_w, bias, &mut u);
+        conv::dwconv_silu(
+            &proj,
+            proj_stride,
+            b,
+            h,
+            w,
+            di,
+            self.conv_k,
+            &self.conv_w,
+            bias,
+            &mut u,
+        );
         // x_dbl for all four directions at once, pixel order: (rows, 4*(R+2N))
         let xs = 4 * (r + 2 * n);
         let mut xdbl = vec![0.0f32; rows * xs];
-        matmul::matmul_nt(Mat::new(&u, rows, di), Mat::new(self.x_proj.data(), xs, di), &mut xdbl, xs, false);
+        matmul::matmul_nt(
+            Mat::new(&u, rows, di),
+            Mat::new(self.x_proj.data(), xs, di),
+            &mut xdbl,
+            xs,
+            false,
+        );
         // delta_in[k] = dt_k @ dt_projs_weight[k]^T: (4, rows, Di)
         let mut delta = vec![0.0f32; 4 * rows * di];
         for (k, out) in delta.chunks_mut(rows * di).enumerate() {
@@ -107,7 +144,9 @@ impl Ss2d {
         self.out_norm.inplace(&mut y);
         if self.gated {
             for (yr, pr) in y.chunks_mut(di).zip(proj.chunks(proj_stride)) {
-                yr.iter_mut().zip(&pr[di..]).for_each(|(v, z)| *v *= math::silu(*z));
+                yr.iter_mut()
+                    .zip(&pr[di..])
+                    .for_each(|(v, z)| *v *= math::silu(*z));
             }
         }
         self.out_proj.forward_into(&y, rows, resid, true);

@@ -5,11 +5,17 @@ use crate::config::{Config, StemVersion};
 use crate::error::Result;
 use crate::kernels::act;
 
+#[allow(clippy::large_enum_variant)] // built once per model
 pub enum Stem {
     /// Conv(k4, s4) -> LayerNorm.
     V1 { conv: Conv2d, norm: Norm },
     /// Conv(k3, s2) -> LayerNorm -> GELU -> Conv(k3, s2) -> LayerNorm.
-    V2 { conv1: Conv2d, norm1: Norm, conv2: Conv2d, norm2: Norm },
+    V2 {
+        conv1: Conv2d,
+        norm1: Norm,
+        conv2: Conv2d,
+        norm2: Norm,
+    },
 }
 
 impl Stem {
@@ -17,7 +23,15 @@ impl Stem {
         let (cin, c0) = (cfg.in_chans, cfg.dims);
         Ok(match cfg.patchembed_version {
             StemVersion::V1 => Stem::V1 {
-                conv: Conv2d::load(ws, "patch_embed.0", cin, c0, cfg.patch_size, cfg.patch_size, 0)?,
+                conv: Conv2d::load(
+                    ws,
+                    "patch_embed.0",
+                    cin,
+                    c0,
+                    cfg.patch_size,
+                    cfg.patch_size,
+                    0,
+                )?,
                 norm: Norm::load(ws, "patch_embed.2", c0)?,
             },
             StemVersion::V2 => Stem::V2 {
@@ -33,7 +47,9 @@ impl Stem {
     pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         match self {
             Stem::V1 { conv, .. } => conv.out_hw(h, w),
-            Stem::V2 { conv1, conv2, .. } => conv1.out_hw(h, w).and_then(|(h, w)| conv2.out_hw(h, w)),
+            Stem::V2 { conv1, conv2, .. } => {
+                conv1.out_hw(h, w).and_then(|(h, w)| conv2.out_hw(h, w))
+            }
         }
     }
 
@@ -44,7 +60,12 @@ impl Stem {
                 norm.inplace(&mut y.data);
                 y
             }
-            Stem::V2 { conv1, norm1, conv2, norm2 } => {
+            Stem::V2 {
+                conv1,
+                norm1,
+                conv2,
+                norm2,
+            } => {
                 let mut y = conv1.forward(x);
                 norm1.inplace(&mut y.data);
                 act::gelu_inplace(&mut y.data);
