@@ -11,7 +11,9 @@ training checkpoint costs nothing.
 from __future__ import annotations
 
 import io
+import math
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -70,9 +72,17 @@ class LazyTensor:
 
     def numpy(self) -> np.ndarray:
         """The tensor as a contiguous array (bfloat16 widened to float32)."""
-        base = self._reader.storage_array(self.storage)
+        if not all(isinstance(v, int) for v in (*self.shape, *self.stride)) or len(self.shape) != len(self.stride):
+            raise CheckpointError(f"tensor in storage '{self.storage.key}' has a malformed shape or stride")
         if any(s < 0 for s in self.shape) or any(s < 0 for s in self.stride):
-            raise CheckpointError(f"tensor in storage {self.storage.key} has a negative size or stride")
+            raise CheckpointError(f"tensor in storage '{self.storage.key}' has a negative size or stride")
+        count = math.prod(self.shape)
+        if count > max(self.storage.numel, 1):
+            raise CheckpointError(
+                f"tensor of shape {self.shape} claims {count} elements, but its storage "
+                f"'{self.storage.key}' holds {self.storage.numel}"
+            )
+        base = self._reader.storage_array(self.storage)
         if 0 in self.shape:
             arr = np.zeros(self.shape, dtype=base.dtype)
         else:
@@ -222,6 +232,20 @@ class _ArchiveReader:
         return arr
 
 
+def _check_opcodes(data: bytes, path: str) -> None:
+    """Walk the opcodes without running them and refuse what could make the
+    unpickler allocate without bound: memo slots far past the pickle's size
+    (the C unpickler grows its memo table to the index it is given)."""
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not (isinstance(arg, int) and 0 <= arg <= len(data)):
+                raise CheckpointError(f"{path}: pickle memo index {arg} at byte {pos} is out of range")
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as e:
+        raise CheckpointError(f"{path}: damaged pickle: {e}") from None
+
+
 def load_pth(path: str) -> Any:
     """Unpickle a ``torch.save`` zip checkpoint into dicts, lists and :class:`LazyTensor`.
 
@@ -250,6 +274,7 @@ def load_pth(path: str) -> Any:
         data = zf.read(name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read {name}: {e}") from None
+    _check_opcodes(data, path)
     try:
         return _RestrictedUnpickler(data, reader).load()
     except CheckpointError:

@@ -25,6 +25,23 @@ fn to_py(e: Error) -> PyErr {
     VMambaError::new_err(e.to_string())
 }
 
+/// Run `f` with the GIL released; a panic (a bug: inputs are validated first)
+/// becomes a VMambaError instead of unwinding into Python.
+fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
+    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .map_err(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            VMambaError::new_err(format!(
+                "internal error (please report): {}",
+                what.unwrap_or_default()
+            ))
+        })?
+        .map_err(to_py)
+}
+
 /// A loaded model (see `vmamba_rt.Model` for the documented API).
 #[pyclass(module = "vmamba_rt._native", frozen)]
 struct Model {
@@ -46,7 +63,7 @@ impl Model {
     #[new]
     #[pyo3(signature = (path, num_threads=None))]
     fn new(py: Python<'_>, path: std::path::PathBuf, num_threads: Option<usize>) -> PyResult<Self> {
-        let mut inner = py.detach(|| VMamba::load(&path)).map_err(to_py)?;
+        let mut inner = detached(py, || VMamba::load(&path))?;
         if let Some(n) = num_threads {
             inner.set_num_threads(n).map_err(to_py)?;
         }
@@ -108,9 +125,7 @@ impl Model {
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let shape = shape4(&x)?;
         let data = x.as_slice()?;
-        let logits = py
-            .detach(|| self.inner.forward(data, shape))
-            .map_err(to_py)?;
+        let logits = detached(py, || self.inner.forward(data, shape))?;
         let classes = logits.len() / shape[0];
         logits.into_pyarray(py).reshape([shape[0], classes])
     }
@@ -123,9 +138,7 @@ impl Model {
     ) -> PyResult<Vec<Bound<'py, PyArray4<f32>>>> {
         let shape = shape4(&x)?;
         let data = x.as_slice()?;
-        let maps = py
-            .detach(|| self.inner.features(data, shape))
-            .map_err(to_py)?;
+        let maps = detached(py, || self.inner.features(data, shape))?;
         maps.into_iter()
             .map(|m| m.data.into_pyarray(py).reshape(m.shape))
             .collect()
@@ -159,7 +172,7 @@ fn parameter_shapes(config_json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
 /// Load a weights file and build the model, raising VMambaError on any mismatch.
 #[pyfunction]
 fn check_weights(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
-    py.detach(|| VMamba::load(&path)).map(|_| ()).map_err(to_py)
+    detached(py, || VMamba::load(&path)).map(|_| ())
 }
 
 #[pymodule]
