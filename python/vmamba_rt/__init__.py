@@ -38,9 +38,21 @@ def resolve(path_or_name: str | os.PathLike | None) -> str:
     return cached
 
 
-def load(path: str | os.PathLike | None = None, *, num_threads: int | None = None) -> Model:
+def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: str = "float32",
+         num_threads: int | None = None) -> Model:
     """Load a model: converted weights (``.safetensors``), the name of a downloaded
     registry model (``"vmamba-tiny-s1l8"``), or nothing for the bundled digits model.
+
+    ``device="cuda"`` runs it on an NVIDIA GPU through CuPy (``dtype`` "float32",
+    "float16" or "bfloat16"); the default is the CPU engine (float32).
     ``num_threads`` overrides the ``VMAMBA_RT_NUM_THREADS`` environment variable
     (default: all cores)."""
+    if device == "cuda":
+        from .gpu import CudaModel
+
+        return CudaModel(resolve(path), dtype=dtype, num_threads=num_threads)
+    if device != "cpu":
+        raise VMambaError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if dtype != "float32":
+        raise VMambaError(f"the CPU engine runs float32 only, got dtype={dtype!r}")
     return Model(resolve(path), num_threads=num_threads)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 import pickle
 import pickletools
 import zipfile
@@ -38,6 +39,12 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
 }
+
+# What a damaged archive can raise while reading a member.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+               RuntimeError, zlib.error)
+# data.pkl holds names and shapes only; real ones are well under this.
+_MAX_PICKLE_BYTES = 256 << 20
 
 # Refuse tensors past this many elements: no VMamba weight comes near it, and a
 # hostile header must not make us allocate without bound.
@@ -206,27 +213,28 @@ class _ArchiveReader:
         self._zf = zf
         self._prefix = prefix
         self._cache: dict[str, np.ndarray] = {}
-        big = prefix + "byteorder" in zf.namelist() and zf.read(prefix + "byteorder").strip() == b"big"
+        big = prefix + "byteorder" in zf.namelist() and self.read(prefix + "byteorder", 16).strip() == b"big"
         self._byteorder = ">" if big else "<"
+
+    def read(self, name: str, limit: int) -> bytes:
+        """Up to ``limit`` bytes of a member; never more, whatever its header claims."""
+        try:
+            with self._zf.open(name) as f:
+                return f.read(limit)
+        except KeyError:
+            raise CheckpointError(f"{self.path}: '{name}' is missing from the archive") from None
+        except _ZIP_ERRORS as e:
+            raise CheckpointError(f"{self.path}: cannot read '{name}': {e}") from None
 
     def storage_array(self, st: _Storage) -> np.ndarray:
         if st.key in self._cache:
             return self._cache[st.key]
         name = f"{self._prefix}data/{st.key}"
-        try:
-            info = self._zf.getinfo(name)
-        except KeyError:
-            raise CheckpointError(f"{self.path}: storage '{st.key}' is missing from the archive") from None
         dtype = _STORAGE_DTYPES[st.kind].newbyteorder(self._byteorder)
         need = st.numel * dtype.itemsize
-        if info.file_size < need:
-            raise CheckpointError(
-                f"{self.path}: storage '{st.key}' holds {info.file_size} bytes, its header needs {need}"
-            )
-        try:
-            raw = self._zf.read(name)[:need]
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise CheckpointError(f"{self.path}: cannot read storage '{st.key}': {e}") from None
+        raw = self.read(name, need)
+        if len(raw) < need:
+            raise CheckpointError(f"{self.path}: storage '{st.key}' holds {len(raw)} bytes, its header needs {need}")
         arr = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("<"), copy=False)
         self._cache[st.key] = arr
         return arr
@@ -256,7 +264,7 @@ def load_pth(path: str) -> Any:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except _ZIP_ERRORS as e:
         with open(path, "rb") as f:
             head = f.read(8)
         if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
@@ -270,10 +278,9 @@ def load_pth(path: str) -> Any:
         raise CheckpointError(f"{path}: zip archive without a data.pkl; not a torch checkpoint")
     name = min(pkl, key=len)
     reader = _ArchiveReader(path, zf, name[: -len("data.pkl")])
-    try:
-        data = zf.read(name)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read {name}: {e}") from None
+    data = reader.read(name, _MAX_PICKLE_BYTES + 1)
+    if len(data) > _MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{path}: {name} is larger than {_MAX_PICKLE_BYTES >> 20} MiB; not a model checkpoint")
     _check_opcodes(data, path)
     try:
         return _RestrictedUnpickler(data, reader).load()

@@ -181,8 +181,29 @@ impl Config {
         if self.ssm_conv == 0 || self.ssm_conv.is_multiple_of(2) {
             return bad(format!("ssm_conv must be odd, got {}", self.ssm_conv));
         }
-        if self.in_chans == 0 {
-            return bad("in_chans must be positive".into());
+        for i in 0..self.depths.len() {
+            let c = self.stage_dim(i);
+            if self.ssm_ratio > 0.0 && self.d_inner(c) == 0 {
+                return bad(format!(
+                    "ssm_ratio {} leaves no inner width at stage {i} (width {c})",
+                    self.ssm_ratio
+                ));
+            }
+            if self.mlp_ratio > 0.0 && self.mlp_hidden(c) == 0 {
+                return bad(format!(
+                    "mlp_ratio {} leaves no hidden width at stage {i} (width {c})",
+                    self.mlp_ratio
+                ));
+            }
+        }
+        if self.ssm_d_state > 1024
+            || self.ssm_conv > 31
+            || matches!(self.ssm_dt_rank, DtRank::Fixed(r) if r > 1 << 14)
+        {
+            return bad("ssm_d_state, ssm_conv or ssm_dt_rank out of range".into());
+        }
+        if self.in_chans == 0 || self.in_chans > 64 {
+            return bad(format!("in_chans must be in 1..=64, got {}", self.in_chans));
         }
         if self.patch_size != 4 {
             return bad(format!("patch_size must be 4, got {}", self.patch_size));
