@@ -199,7 +199,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise CheckpointError(f"{self._reader.path}: unsupported persistent id {str(pid)[:80]!r}")
-        kind, key, _location, numel = pid[1], pid[2], pid[3], pid[4]
+        kind, key, numel = pid[1], pid[2], pid[4]
         if not isinstance(kind, _StorageType) or not isinstance(numel, int) or not isinstance(key, str):
             raise CheckpointError(f"{self._reader.path}: malformed storage record {str(pid)[:80]!r}")
         if not 0 <= numel <= _MAX_ELEMENTS:

@@ -98,6 +98,9 @@ class _Conv:
     stride: int
     pad: int
 
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return (h + 2 * self.pad - self.k) // self.stride + 1, (w + 2 * self.pad - self.k) // self.stride + 1
+
 
 @dataclass
 class _SS2D:
@@ -267,10 +270,13 @@ class CudaModel(Model):
 
     def _build(self, sd: dict) -> None:
         cfg = self.config
-        lin = lambda p, bias=True: _Linear(self._act(sd[f"{p}.weight"]),  # noqa: E731
-                                           self._f32(sd[f"{p}.bias"]) if bias else None,
-                                           *sd[f"{p}.weight"].shape)
-        norm = lambda p: _Norm(self._f32(sd[f"{p}.weight"]), self._f32(sd[f"{p}.bias"]))  # noqa: E731
+
+        def lin(p, bias=True):
+            w = sd[f"{p}.weight"]
+            return _Linear(self._act(w), self._f32(sd[f"{p}.bias"]) if bias else None, *w.shape)
+
+        def norm(p):
+            return _Norm(self._f32(sd[f"{p}.weight"]), self._f32(sd[f"{p}.bias"]))
 
         def conv(p, stride, pad):
             w = sd[f"{p}.weight"]
@@ -371,7 +377,7 @@ class CudaModel(Model):
         for op in self._stem:
             if op[0] == "conv":
                 cv = op[1]
-                ho, wo = (hh + 2 * cv.pad - cv.k) // cv.stride + 1, (ww + 2 * cv.pad - cv.k) // cv.stride + 1
+                ho, wo = cv.out_hw(hh, ww)
                 need("cols", b * ho * wo * cv.lin.inp)
                 need("t", b * ho * wo * cv.lin.out)
                 need("stem", b * ho * wo * cv.lin.out)
@@ -402,7 +408,7 @@ class CudaModel(Model):
                     hh, ww = (hh + 1) // 2, (ww + 1) // 2
                 else:
                     cv = st.downsample[1]
-                    ho, wo = (hh + 2 * cv.pad - cv.k) // cv.stride + 1, (ww + 2 * cv.pad - cv.k) // cv.stride + 1
+                    ho, wo = cv.out_hw(hh, ww)
                     need("cols", b * ho * wo * cv.lin.inp)
                     need("t", b * ho * wo * cv.lin.out)
                     hh, ww = ho, wo
@@ -468,7 +474,7 @@ class CudaModel(Model):
     def _conv(self, src, b, h, w, c, cv: _Conv, cols, out):
         """Dense conv as im2col + GEMM + bias into ``out``; returns the output size."""
         i32, i64 = np.int32, np.int64
-        ho, wo = (h + 2 * cv.pad - cv.k) // cv.stride + 1, (w + 2 * cv.pad - cv.k) // cv.stride + 1
+        ho, wo = cv.out_hw(h, w)
         rows = b * ho * wo
         self._launch("im2col", rows * cv.lin.inp, src, cols, i32(b), i32(h), i32(w), i32(c), i32(cv.k),
                      i32(cv.stride), i32(cv.pad), i32(ho), i32(wo))

@@ -66,9 +66,9 @@ pub fn conv_weight_to_cols(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<
     out
 }
 
-/// Depthwise k x k convolution, stride 1, "same" padding, then SiLU.
-/// x: (B, H, W, C) with row stride `x_stride` (>= C); w: (k*k, C) tap-major;
-/// out: (B, H, W, C) contiguous.
+/// One output row `y` of a depthwise k x k convolution, stride 1, "same"
+/// padding, then SiLU. x: one image (H, W, C) with pixel stride `x_stride`
+/// (>= C); wt: (k*k, C) tap-major; out: (W, C).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dwconv_silu_row(
@@ -113,26 +113,7 @@ fn dwconv_silu_row(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn dwconv_silu_rows(
-    x: &[f32],
-    x_stride: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-    wt: &[f32],
-    bias: Option<&[f32]>,
-    y0: usize,
-    out: &mut [f32],
-) {
-    for (i, row) in out.chunks_mut(w * c).enumerate() {
-        dwconv_silu_row(x, x_stride, h, w, c, k, wt, bias, y0 + i, row);
-    }
-}
-
-dispatch!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y0: usize, out: &mut [f32]) => dwconv_silu_rows);
+dispatch!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y: usize, out: &mut [f32]) => dwconv_silu_row);
 
 /// Depthwise convolution + SiLU over a batch; see `dwconv_silu_row` for layouts.
 #[allow(clippy::too_many_arguments)]

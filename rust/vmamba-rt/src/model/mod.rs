@@ -309,7 +309,7 @@ impl VMamba {
     fn trunk(&self, x: &[f32], shape: [usize; 4], mut tap: impl FnMut(usize, &Map)) -> Map {
         let [b, c, h, w] = shape;
         let mut map = Map {
-            data: nchw_to_nhwc(x, b, c, h, w),
+            data: transpose_images(x, b, c, h * w),
             b,
             h,
             w,
@@ -435,7 +435,7 @@ impl VMamba {
                 (None, _) => map.data.clone(),
             };
             out.push(FeatureMap {
-                data: nhwc_to_nchw(&data, map.b, map.h, map.w, map.c),
+                data: transpose_images(&data, map.b, map.h * map.w, map.c),
                 shape: [map.b, map.c, map.h, map.w],
             });
         });
@@ -443,30 +443,17 @@ impl VMamba {
     }
 }
 
-fn nchw_to_nhwc(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+/// Transpose each of `b` images from (rows, cols) to (cols, rows):
+/// NCHW -> NHWC with (rows, cols) = (C, H*W), and back with (H*W, C).
+fn transpose_images(x: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(h * w * c)
-        .zip(x.par_chunks(c * h * w))
+    out.par_chunks_mut(rows * cols)
+        .zip(x.par_chunks(rows * cols))
         .take(b)
         .for_each(|(o, i)| {
-            for p in 0..h * w {
-                for ch in 0..c {
-                    o[p * c + ch] = i[ch * h * w + p];
-                }
-            }
-        });
-    out
-}
-
-fn nhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(c * h * w)
-        .zip(x.par_chunks(h * w * c))
-        .take(b)
-        .for_each(|(o, i)| {
-            for p in 0..h * w {
-                for ch in 0..c {
-                    o[ch * h * w + p] = i[p * c + ch];
+            for r in 0..rows {
+                for c in 0..cols {
+                    o[c * rows + r] = i[r * cols + c];
                 }
             }
         });
