@@ -134,23 +134,12 @@ mod tests {
         let x = randn(m * 25, 1);
         let w = randn(n * k, 2);
         let init = randn(m * 30, 3);
+        let (lhs, rhs) = (Mat::strided(&x, m, k, 25), Mat::new(&w, n, k));
         for acc in [false, true] {
             let mut a = init.clone();
             let mut b = init.clone();
-            matmul_nt(
-                Mat::strided(&x, m, k, 25),
-                Mat::new(&w, n, k),
-                &mut a,
-                30,
-                acc,
-            );
-            matmul_nt_ref(
-                Mat::strided(&x, m, k, 25),
-                Mat::new(&w, n, k),
-                &mut b,
-                30,
-                acc,
-            );
+            matmul_nt(lhs, rhs, &mut a, 30, acc);
+            matmul_nt_ref(lhs, rhs, &mut b, 30, acc);
             assert!(max_abs_diff(&a, &b) < 1e-4, "acc={acc}");
         }
     }

@@ -239,39 +239,19 @@ impl VMamba {
         Ok(())
     }
 
-    /// The spatial size after the stem and after each stage's downsample, or an
-    /// error naming the smallest size that works when the input is too small.
-    fn plan(&self, h: usize, w: usize) -> Result<Vec<(usize, usize)>> {
-        let too_small = || {
-            Error::Input(format!(
-                "input of {h}x{w} pixels is too small for this model (needs at least {}x{})",
-                self.min_size(),
-                self.min_size()
-            ))
-        };
-        let mut sizes = vec![self.stem.out_hw(h, w).ok_or_else(too_small)?];
-        for st in &self.stages {
-            if let Some(ds) = &st.downsample {
-                let &(h, w) = sizes.last().expect("non-empty");
-                sizes.push(ds.out_hw(h, w).ok_or_else(too_small)?);
-            }
+    /// Whether an input of `h` x `w` leaves every stage at least one pixel: each
+    /// strided convolution's window must fit (patch merging always fits).
+    fn fits(&self, h: usize, w: usize) -> bool {
+        let mut size = self.stem.out_hw(h, w);
+        for ds in self.stages.iter().filter_map(|st| st.downsample.as_ref()) {
+            size = size.and_then(|(h, w)| ds.out_hw(h, w));
         }
-        Ok(sizes)
+        size.is_some()
     }
 
     /// Smallest square input side the model accepts.
     pub fn min_size(&self) -> usize {
-        (1..=64)
-            .find(|&s| {
-                let mut ok = self.stem.out_hw(s, s);
-                for st in &self.stages {
-                    if let (Some((h, w)), Some(ds)) = (ok, &st.downsample) {
-                        ok = ds.out_hw(h, w);
-                    }
-                }
-                ok.is_some()
-            })
-            .unwrap_or(64)
+        (1..=64).find(|&s| self.fits(s, s)).unwrap_or(64)
     }
 
     fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
@@ -295,7 +275,13 @@ impl VMamba {
                 x.len()
             )));
         }
-        self.plan(h, w).map(|_| ())
+        if !self.fits(h, w) {
+            let m = self.min_size();
+            return Err(Error::Input(format!(
+                "input of {h}x{w} pixels is too small for this model (needs at least {m}x{m})"
+            )));
+        }
+        Ok(())
     }
 
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
