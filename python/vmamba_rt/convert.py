@@ -44,6 +44,10 @@ def _is_tensor_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, LazyTensor) for v in obj.values())
 
 
+def _has_tensors(obj: Any) -> bool:
+    return isinstance(obj, dict) and any(isinstance(v, LazyTensor) for v in obj.values())
+
+
 def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str, LazyTensor], str]:
     """Find the model weights in any of the containers of SPEC.md section 7.
 
@@ -57,11 +61,9 @@ def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str
         sd, part = ckpt["model_ema"], "model_ema"
     elif _is_tensor_dict(ckpt.get("model")):
         sd, part = ckpt["model"], "model"
-    elif _is_tensor_dict(ckpt.get("state_dict")):
+    elif _has_tensors(ckpt.get("state_dict")):  # mmdet / mmseg: tensors beside other entries
         sd, part = ckpt["state_dict"], "state_dict"
-    elif isinstance(ckpt.get("state_dict"), dict) and any(isinstance(v, LazyTensor) for v in ckpt["state_dict"].values()):
-        sd, part = ckpt["state_dict"], "state_dict"
-    elif any(isinstance(v, LazyTensor) for v in ckpt.values()):
+    elif _has_tensors(ckpt):
         sd, part = ckpt, "state dict"
     else:
         raise ConversionError(
