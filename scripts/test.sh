@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 python -m pip install -q ".[test]"
 cargo fmt --all --check
 cargo clippy --all-targets -q -- -D warnings
-cargo test -p vmamba-rt
+cargo test -p vmamba-rt -p vmamba-rt-py
 python -m pytest -q tests

@@ -112,7 +112,7 @@ def test_checksum_mismatch_and_missing_file(server, tmp_path):
     with pytest.raises(ValueError, match="sha256"):
         hub.fetch(f"{base}/f", str(tmp_path / "g"), sha256="0" * 64)
     assert not os.path.exists(tmp_path / "g") and not os.path.exists(tmp_path / "g.part")
-    with pytest.raises(OSError, match="HTTP 404"):
+    with pytest.raises(vmamba_rt.DownloadError, match="HTTP 404.*VMAMBA_RT_MIRROR"):
         hub.fetch(f"{base}/missing", str(tmp_path / "h"))
 
 

@@ -79,12 +79,15 @@ class _Writer:
         raise TypeError(type(v))
 
 
-def write_pth(path, obj, *, raw_pickle: bytes | None = None) -> None:
+def write_pth(path, obj, *, raw_pickle: bytes | None = None, storages: list[bytes] = (),
+              compress: bool = False) -> None:
     """Save ``obj`` (dicts, lists, numbers, strings, numpy arrays) like ``torch.save``;
-    or, with ``raw_pickle``, an archive whose data.pkl is exactly those bytes."""
+    or, with ``raw_pickle``, an archive whose data.pkl is exactly those bytes (and
+    whose storages are ``storages``). ``compress`` deflates every member."""
     w = _Writer()
+    w.storages = list(storages)
     pkl = raw_pickle if raw_pickle is not None else b"\x80\x02" + w.value(obj) + b"."
-    with zipfile.ZipFile(path, "w") as z:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", pkl)
         z.writestr("archive/byteorder", "little")
         for i, raw in enumerate(w.storages):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 
-from ._native import VMambaError
-from .checkpoint import CheckpointError
-from .convert import ConversionError, convert
+from .convert import ArchitectureGuessWarning, convert
+from .errors import CheckpointError, ConversionError, DownloadError, VMambaError
 from .model import Model
 
 __version__ = "0.1.0"
-__all__ = ["load", "convert", "Model", "VMambaError", "ConversionError", "CheckpointError", "__version__"]
+__all__ = ["load", "convert", "Model", "VMambaError", "ConversionError", "CheckpointError", "DownloadError",
+           "ArchitectureGuessWarning", "__version__"]
 
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "weights", "digits.safetensors")
@@ -39,14 +39,18 @@ def resolve(path_or_name: str | os.PathLike | None) -> str:
 
 
 def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: str = "float32",
-         num_threads: int | None = None) -> Model:
+         num_threads: int | None = None, mmap: bool = False) -> Model:
     """Load a model: converted weights (``.safetensors``), the name of a downloaded
     registry model (``"vmamba-tiny-s1l8"``), or nothing for the bundled digits model.
 
     ``device="cuda"`` runs it on an NVIDIA GPU through CuPy (``dtype`` "float32",
     "float16" or "bfloat16"); the default is the CPU engine (float32).
     ``num_threads`` overrides the ``VMAMBA_RT_NUM_THREADS`` environment variable
-    (default: all cores)."""
+    (default: all cores).
+
+    The weights are read into memory, so the model never depends on the file
+    again. ``mmap=True`` maps the file instead (no copy, pages read on use): the
+    file must then not be changed or truncated while the model lives."""
     if device == "cuda":
         from .gpu import CudaModel
 
@@ -55,4 +59,4 @@ def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: s
         raise VMambaError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if dtype != "float32":
         raise VMambaError(f"the CPU engine runs float32 only, got dtype={dtype!r}")
-    return Model(resolve(path), num_threads=num_threads)
+    return Model(resolve(path), num_threads=num_threads, mmap=mmap)

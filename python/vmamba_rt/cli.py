@@ -11,10 +11,16 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 
 
 def _cmd_convert(args) -> int:
-    from .convert import convert
+    import warnings
+
+    from .convert import ArchitectureGuessWarning, convert
 
     dst = args.output or os.path.splitext(args.src)[0] + ".safetensors"
-    convert(args.src, dst, ema=args.ema)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ArchitectureGuessWarning)
+        convert(args.src, dst, ema=args.ema, preset=args.preset, config=args.config)
+    for w in caught:
+        print(f"vmamba-rt: warning: {w.message}", file=sys.stderr)
     print(f"wrote {dst}")
     return 0
 
@@ -82,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="checkpoint written by torch.save (.pth)")
     c.add_argument("-o", "--output", help="output .safetensors path (default: SRC with .safetensors)")
     c.add_argument("--ema", action="store_true", help="take the model_ema weights of a training checkpoint")
+    arch = c.add_mutually_exclusive_group()
+    arch.add_argument("--preset", metavar="NAME", help="the architecture is this registry preset (see `models`)")
+    arch.add_argument("--config", metavar="FILE", help="the architecture from the official yaml config (or a runtime .json)")
     c.set_defaults(func=_cmd_convert)
 
     k = sub.add_parser("classify", help="classify images (files or folders)")
@@ -111,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # our errors carry a message that names the problem
         print(f"vmamba-rt: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:
+        print(f"vmamba-rt: error: out of memory: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

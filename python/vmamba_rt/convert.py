@@ -1,27 +1,42 @@
 """Convert official VMamba checkpoints (``.pth``) to self-describing safetensors.
 
-The architecture comes from the yacs config embedded in training checkpoints,
-or else is inferred from the tensors' names and shapes. The result is loaded by
-the runtime before it is moved into place, so a file at ``dst`` is always
-complete and runnable.
+The architecture comes, in this order, from what the caller names (a registry
+preset, or the official yaml / a runtime config), from the yacs config embedded
+in training checkpoints, or else is guessed from the tensors' names and shapes:
+a guess is said so in a warning and recorded in the metadata
+(``vmamba_rt.config_source``). The result is loaded by the runtime before it is
+moved into place, so a file at ``dst`` is always complete and runnable.
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import math
 import os
 import re
+import stat
 import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, LazyTensor, load_pth
+from .checkpoint import LazyTensor, _short, load_pth
+from .errors import ConversionError, VMambaError
 
 META_CONFIG = "vmamba_rt.config"
+META_CONFIG_SOURCE = "vmamba_rt.config_source"
 META_FORMAT = "vmamba_rt.format"
 FORMAT_VERSION = "1"
+MAX_STAGES = 8
+MAX_BLOCKS = 1024
+
+
+class ArchitectureGuessWarning(UserWarning):
+    """The architecture was inferred from tensor names and shapes, which cannot
+    tell apart variants that share them (scan-order ablations, activations)."""
 
 # Older v0 checkpoints, applied in order (SPEC.md section 7).
 _LEGACY_RENAMES = [
@@ -34,10 +49,6 @@ _LEGACY_RENAMES = [
 ]
 
 _FORWARD_TYPES = {"v0", "v05_noz"}
-
-
-class ConversionError(ValueError):
-    """The checkpoint cannot be turned into a runnable model; the message says why."""
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -57,7 +68,7 @@ def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str
         raise ConversionError(f"{src}: the checkpoint holds a {type(ckpt).__name__}, not a dict of weights")
     if ema:
         if not _is_tensor_dict(ckpt.get("model_ema")):
-            raise ConversionError(f"{src}: --ema asked for, but the checkpoint has no 'model_ema' weights")
+            raise ConversionError(f"{src}: the EMA weights were asked for (ema=True), but the checkpoint has no 'model_ema' weights")
         sd, part = ckpt["model_ema"], "model_ema"
     elif _is_tensor_dict(ckpt.get("model")):
         sd, part = ckpt["model"], "model"
@@ -68,9 +79,12 @@ def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str
     else:
         raise ConversionError(
             f"{src}: no model weights found (looked for 'model', 'state_dict' or a plain state dict; "
-            f"top-level keys: {sorted(map(str, ckpt))[:10]})"
+            f"top-level keys: {_short(sorted(_short(k, 40) for k in list(ckpt)[:50])[:10], 300)})"
         )
-    sd = {str(k): v for k, v in sd.items() if isinstance(v, LazyTensor)}
+    sd = {k: v for k, v in sd.items() if isinstance(v, LazyTensor)}
+    if any(type(k) is not str for k in sd):
+        bad = next(k for k in sd if type(k) is not str)
+        raise ConversionError(f"{src}: a tensor is stored under a key that is not a string: {_short(bad)}")
     if any(k.startswith("backbone.") for k in sd):  # mmdet / mmseg: keep the backbone only
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
@@ -85,7 +99,36 @@ def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str
 
 def _shape(sd: dict, key: str) -> tuple | None:
     t = sd.get(key)
-    return None if t is None else tuple(t.shape)
+    if t is None:
+        return None
+    t._check()  # ints, in range, consistent with the storage
+    return tuple(t.shape)
+
+
+def _field(section: dict, key: str, default, kind, lo=None, hi=None, src: str = ""):
+    """A yacs field as ``kind`` (int, float, str, bool), in [lo, hi], or a ConversionError naming it."""
+    v = section.get(key, default)
+    try:
+        if kind is bool:
+            if not isinstance(v, (bool, int)):
+                raise TypeError
+            out = bool(v)
+        elif kind is str:
+            if not isinstance(v, str) or len(v) > 64:
+                raise TypeError
+            out = v
+        else:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError
+            out = kind(v)
+            if kind is int and out != v:
+                raise TypeError
+            if (lo is not None and out < lo) or (hi is not None and out > hi) or not math.isfinite(out):
+                raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        rng = f" in [{lo}, {hi}]" if lo is not None else ""
+        raise ConversionError(f"{src}: config field {key} = {_short(v)} is not a valid {kind.__name__}{rng}") from None
+    return out
 
 
 def config_from_yacs(cfg: dict, src: str) -> dict | None:
@@ -94,28 +137,33 @@ def config_from_yacs(cfg: dict, src: str) -> dict | None:
     vssm = model.get("VSSM") if isinstance(model, dict) else None
     if not isinstance(vssm, dict) or "DEPTHS" not in vssm:
         return None
-    ft = str(vssm.get("SSM_FORWARDTYPE", "v2"))
+    ft = _field(vssm, "SSM_FORWARDTYPE", "v2", str, src=src)
     if ft not in _FORWARD_TYPES:
         raise ConversionError(f"{src}: SSM_FORWARDTYPE '{ft}' is not supported (supported: {sorted(_FORWARD_TYPES)})")
-    if str(vssm.get("SSM_ACT_LAYER", "silu")) != "silu" or str(vssm.get("MLP_ACT_LAYER", "gelu")) != "gelu":
+    if _field(vssm, "SSM_ACT_LAYER", "silu", str, src=src) != "silu" or _field(vssm, "MLP_ACT_LAYER", "gelu", str, src=src) != "gelu":
         raise ConversionError(f"{src}: only SiLU in SS2D and GELU in the MLP are supported")
+    depths = vssm["DEPTHS"]
+    if not isinstance(depths, (list, tuple)) or not 1 <= len(depths) <= MAX_STAGES:
+        raise ConversionError(f"{src}: config field DEPTHS = {_short(depths)} must list 1 to {MAX_STAGES} stages")
     rank = vssm.get("SSM_DT_RANK", "auto")
+    if rank != "auto":
+        rank = _field(vssm, "SSM_DT_RANK", None, int, 1, 1 << 14, src)
     return {
-        "dims": int(vssm.get("EMBED_DIM", 96)),
-        "depths": [int(d) for d in vssm["DEPTHS"]],
-        "ssm_d_state": int(vssm.get("SSM_D_STATE", 16)),
-        "ssm_ratio": float(vssm.get("SSM_RATIO", 2.0)),
-        "ssm_dt_rank": rank if rank == "auto" else int(rank),
-        "ssm_conv": int(vssm.get("SSM_CONV", 3)),
-        "ssm_conv_bias": bool(vssm.get("SSM_CONV_BIAS", True)),
+        "dims": _field(vssm, "EMBED_DIM", 96, int, 1, 1 << 14, src),
+        "depths": [_field({"DEPTHS": d}, "DEPTHS", None, int, 0, MAX_BLOCKS, src) for d in depths],
+        "ssm_d_state": _field(vssm, "SSM_D_STATE", 16, int, 1, 1024, src),
+        "ssm_ratio": _field(vssm, "SSM_RATIO", 2.0, float, 0, 64, src),
+        "ssm_dt_rank": rank,
+        "ssm_conv": _field(vssm, "SSM_CONV", 3, int, 1, 31, src),
+        "ssm_conv_bias": _field(vssm, "SSM_CONV_BIAS", True, bool, src=src),
         "forward_type": ft,
-        "mlp_ratio": float(vssm.get("MLP_RATIO", 4.0)),
-        "patchembed_version": str(vssm.get("PATCHEMBED", "v2")),
-        "downsample_version": str(vssm.get("DOWNSAMPLE", "v2")),
-        "num_classes": int(model.get("NUM_CLASSES", 1000)),
+        "mlp_ratio": _field(vssm, "MLP_RATIO", 4.0, float, 0, 64, src),
+        "patchembed_version": _field(vssm, "PATCHEMBED", "v2", str, src=src),
+        "downsample_version": _field(vssm, "DOWNSAMPLE", "v2", str, src=src),
+        "num_classes": _field(model, "NUM_CLASSES", 1000, int, 0, 1 << 20, src),
         "out_indices": None,
-        "in_chans": int(vssm.get("IN_CHANS", 3)),
-        "patch_size": int(vssm.get("PATCH_SIZE", 4)),
+        "in_chans": _field(vssm, "IN_CHANS", 3, int, 1, 64, src),
+        "patch_size": _field(vssm, "PATCH_SIZE", 4, int, 1, 64, src),
     }
 
 
@@ -123,9 +171,21 @@ def infer_config(sd: dict, src: str) -> dict:
     """Work the architecture out from key names and shapes alone."""
 
     def fail(why: str):
-        sample = sorted(sd)[:6]
+        sample = [k[:60] for k in (sorted(sd) if len(sd) < 10_000 else list(sd))[:6]]
         raise ConversionError(f"{src}: cannot determine the architecture: {why} (keys start with {sample})")
 
+    # One pass over the keys: stage -> block indices.
+    blocks_of: dict[int, set[int]] = {}
+    for k in sd:
+        m = re.match(r"layers\.(\d{1,6})\.(?:blocks\.(\d{1,6})\.)?", k)
+        if m:
+            blocks = blocks_of.setdefault(int(m.group(1)), set())
+            if m.group(2) is not None:
+                blocks.add(int(m.group(2)))
+            if len(blocks_of) > MAX_STAGES:
+                fail(f"more than {MAX_STAGES} stages")
+            if len(blocks) > MAX_BLOCKS:
+                fail(f"more than {MAX_BLOCKS} blocks in stage {m.group(1)}")
     stem0 = _shape(sd, "patch_embed.0.weight")
     if stem0 is None or len(stem0) != 4:
         fail("no 4-D 'patch_embed.0.weight'")
@@ -136,15 +196,17 @@ def infer_config(sd: dict, src: str) -> dict:
     else:
         fail(f"'patch_embed.0.weight' has shape {stem0}, which fits neither stem")
     in_chans = stem0[1]
+    if not (1 <= dims <= 1 << 14 and 1 <= in_chans <= 64):
+        fail(f"stem of {dims} channels from {in_chans} inputs is out of range")
 
-    stages = sorted({int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k))})
+    stages = sorted(blocks_of)
     if not stages or stages != list(range(len(stages))):
         fail(f"stage indices {stages} are not 0..n-1")
     depths = []
     for i in stages:
-        blocks = {int(m.group(1)) for k in sd if (m := re.match(rf"layers\.{i}\.blocks\.(\d+)\.", k))}
+        blocks = blocks_of[i]
         if blocks != set(range(len(blocks))):
-            fail(f"block indices of stage {i} are not contiguous: {sorted(blocks)}")
+            fail(f"block indices of stage {i} are not contiguous: {sorted(blocks)[:20]}")
         depths.append(len(blocks))
 
     down = "v1"
@@ -188,7 +250,7 @@ def infer_config(sd: dict, src: str) -> dict:
         else:
             fail(f"dt ranks {ranks} fit neither 'auto' nor one fixed rank")
 
-    outs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"outnorm(\d+)\.weight$", k)))
+    outs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"outnorm(\d{1,3})\.weight$", k)))
     head = _shape(sd, "classifier.head.weight")
     if head is not None:
         cfg["num_classes"], cfg["out_indices"] = head[0], None
@@ -235,49 +297,195 @@ def default_metadata(cfg: dict) -> dict[str, str]:
     return meta
 
 
+def _yaml_config(path: str, depth: int = 0) -> dict:
+    """An official yacs yaml file, with its ``_BASE_`` files merged under it."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConversionError(f"{path}: reading yaml configs needs PyYAML (pip install pyyaml)") from None
+    if depth > 8:
+        raise ConversionError(f"{path}: _BASE_ files nested more than 8 deep")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+        doc = yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConversionError(f"{path}: cannot read the config: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConversionError(f"{path}: not a yacs config (a mapping at the top)")
+    merged: dict = {}
+    bases = doc.pop("_BASE_", None) or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        _merge(merged, _yaml_config(os.path.join(os.path.dirname(path), str(base)), depth + 1))
+    return _merge(merged, doc)
+
+
+def _merge(into: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def arch_config(arch: str | os.PathLike | dict, src: str) -> dict:
+    """The runtime config from what a user names: the official yaml (``.yaml``),
+    a runtime config (``.json``, or ``model.config``), or a yacs dict."""
+    where = src
+    if not isinstance(arch, dict):
+        where = os.fspath(arch)
+        if where.endswith((".yaml", ".yml")):
+            arch = _yaml_config(where)
+        else:
+            try:
+                with open(where, encoding="utf-8") as f:
+                    arch = json.loads(f.read(1 << 20))
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise ConversionError(f"{where}: cannot read the config: {e}") from None
+    if isinstance(arch, dict) and "MODEL" in arch:
+        cfg = config_from_yacs(arch, where)
+        if cfg is None:
+            raise ConversionError(f"{where}: the config has no MODEL.VSSM.DEPTHS")
+        return cfg
+    if isinstance(arch, dict) and "dims" in arch:
+        return dict(arch)
+    raise ConversionError(f"{where}: neither an official yacs config (MODEL.VSSM) nor a runtime config (dims, depths, ...)")
+
+
+def _with_head(cfg: dict, sd: dict, src: str) -> dict:
+    """A named architecture, with the head (or backbone outputs) the weights have."""
+    cfg = dict(cfg)
+    head = _shape(sd, "classifier.head.weight")
+    if head is not None:
+        cfg["num_classes"], cfg["out_indices"] = head[0], None
+    elif cfg.get("out_indices") is None:
+        cfg["num_classes"], cfg["out_indices"] = 0, infer_config(sd, src)["out_indices"]
+    return cfg
+
+
+def _validated(cfg: dict, src: str) -> dict:
+    """The config as the runtime reads it, or a ConversionError saying which field is wrong."""
+    from . import _native
+
+    try:
+        return json.loads(_native.normalize_config(json.dumps(cfg)))
+    except (VMambaError, TypeError, ValueError) as e:
+        raise ConversionError(f"{src}: {e}") from None
+
+
+def _check_destination(src: str, dst: str) -> None:
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise ConversionError(f"{dst}: the output folder {folder} does not exist")
+    if os.path.exists(dst):
+        if not stat.S_ISREG(os.stat(dst).st_mode):
+            raise ConversionError(f"{dst}: exists and is not a regular file (a folder, FIFO or device); not replacing it")
+        if os.path.samefile(src, dst):
+            raise ConversionError(f"{dst}: is the checkpoint being converted; choose another output path")
+
+
+_PART_PATTERN = ".vmamba-rt-*.part"
+
+
+def _remove_stale_parts(folder: str, min_age: float = 10.0) -> None:
+    """Delete temporary files that a killed conversion left in ``folder``.
+
+    A writer holds an exclusive lock on its temporary file until it is renamed
+    or removed; the lock dies with the process. So a part file that nobody
+    holds (and that is not brand new) is litter.
+    """
+    import time
+
+    for path in glob.glob(os.path.join(glob.escape(folder), _PART_PATTERN)):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < min_age:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:  # held by a live writer, or already gone
+            pass
+        finally:
+            os.close(fd)
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False,
-            metadata: dict[str, str] | None = None, preset: str | None = None) -> str:
+            metadata: dict[str, str] | None = None, preset: str | None = None,
+            config: str | os.PathLike | dict | None = None) -> str:
     """Convert an official checkpoint ``src`` (.pth) to ``dst`` (.safetensors). Returns ``dst``.
 
     ``ema=True`` takes the ``model_ema`` weights of a training checkpoint.
     Extra ``metadata`` entries (string to string) are stored in the header.
-    With ``preset`` (a registry name) the architecture must be that preset's.
+    The architecture is, in this order: ``preset`` (a registry name; an embedded
+    config must then agree with it), ``config`` (the official yaml, a runtime
+    config ``.json`` or a dict), the yacs config embedded in training checkpoints,
+    or a guess from tensor names and shapes (with an :class:`ArchitectureGuessWarning`,
+    since variants that share names and shapes cannot be told apart).
     """
     from safetensors.numpy import save_file
 
     from . import _native
 
     src, dst = os.fspath(src), os.fspath(dst)
-    try:
-        ckpt = load_pth(src)
-    except CheckpointError as e:
-        raise ConversionError(str(e)) from None
+    if preset is not None and config is not None:
+        raise ConversionError("give preset or config, not both")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ConversionError("metadata must map strings to strings")
+    _check_destination(src, dst)
+    ckpt = load_pth(src)
     sd, part = extract_state_dict(ckpt, src, ema=ema)
     yacs = config_from_yacs(ckpt.get("config"), src) if isinstance(ckpt, dict) and part in ("model", "model_ema") else None
-    cfg = yacs or infer_config(sd, src)
-    if yacs is not None and cfg["out_indices"] is None and "classifier.head.weight" not in sd:
-        cfg["out_indices"] = infer_config(sd, src)["out_indices"]
     if preset is not None:
-        check_preset(cfg, preset, src)
+        try:
+            named = json.loads(_native.Model.preset_json(preset))
+        except VMambaError as e:
+            raise ConversionError(str(e)) from None
+        if yacs is not None:
+            check_preset(yacs, preset, src)
+        cfg, source = _with_head(named, sd, src), f"preset {preset}"
+    elif config is not None:
+        cfg, source = _with_head(arch_config(config, src), sd, src), "given"
+    elif yacs is not None:
+        cfg, source = yacs, "embedded"
+        if cfg["out_indices"] is None and "classifier.head.weight" not in sd:
+            cfg["out_indices"] = infer_config(sd, src)["out_indices"]
+    else:
+        cfg, source = infer_config(sd, src), "inferred"
+        warnings.warn(
+            f"{src}: no architecture given or embedded; guessed {cfg['forward_type']} {cfg['depths']} from the "
+            "tensor names and shapes. Variants with the same tensors (scan-order ablations, other activations) "
+            "cannot be told apart: pass preset= or config= (CLI: --preset, --config) to be sure.",
+            ArchitectureGuessWarning, stacklevel=2,
+        )
+    cfg = _validated(cfg, src)
     tensors = {k: _to_f32(v, k) for k, v in sd.items()}
-    meta = {META_FORMAT: FORMAT_VERSION, META_CONFIG: json.dumps(cfg), "vmamba_rt.source": f"{os.path.basename(src)}:{part}"}
+    meta = {META_FORMAT: FORMAT_VERSION, META_CONFIG: json.dumps(cfg), META_CONFIG_SOURCE: source,
+            "vmamba_rt.source": f"{os.path.basename(src)}:{part}"}
     meta.update(default_metadata(cfg))
     if preset is not None:
         meta["vmamba_rt.name"] = preset
     meta.update(metadata or {})
 
     out_dir = os.path.dirname(os.path.abspath(dst))
+    _remove_stale_parts(out_dir)
     fd, tmp = tempfile.mkstemp(prefix=".vmamba-rt-", suffix=".safetensors.part", dir=out_dir)
-    os.close(fd)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the end: marks the file as in use
         save_file(tensors, tmp, metadata=meta)
         os.chmod(tmp, 0o644)
         try:
             _native.check_weights(tmp)  # loads the model: every tensor by name and shape
-        except _native.VMambaError as e:
-            raise ConversionError(f"{src}: converted weights do not fit the architecture {cfg}: {e}") from None
+        except VMambaError as e:
+            why = str(e).replace(tmp, dst)
+            raise ConversionError(f"{src}: converted weights do not fit the architecture {cfg}: {why}") from None
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        os.close(fd)
     return dst

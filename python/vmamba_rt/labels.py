@@ -22,8 +22,15 @@ def imagenet_labels() -> list[str]:
 
 def labels_from_metadata(metadata: dict, num_classes: int) -> list[str]:
     """Names stored in the weights, else class indices as strings."""
+    from .errors import VMambaError
+
     raw = metadata.get(META_LABELS)
-    labels = json.loads(raw) if raw else []
+    try:
+        labels = json.loads(raw) if raw else []
+    except (ValueError, RecursionError) as e:
+        raise VMambaError(f"{META_LABELS} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(labels, list) or not all(isinstance(v, (str, int)) for v in labels):
+        raise VMambaError(f"{META_LABELS} must be a JSON list of names")
     if len(labels) != num_classes:
         return [str(i) for i in range(num_classes)]
     return [str(v) for v in labels]

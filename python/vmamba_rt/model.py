@@ -8,9 +8,20 @@ import os
 import numpy as np
 
 from . import _native
-from ._native import VMambaError
+from .errors import VMambaError
 from .labels import labels_from_metadata
 from .preprocess import Preprocess
+
+MAX_THREADS = 1024
+
+
+def _threads(num_threads) -> int | None:
+    """``num_threads`` checked: None (the default), or 0 (all cores) to 1024."""
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 0 <= num_threads <= MAX_THREADS:
+        raise VMambaError(f"num_threads must be an integer from 0 (all cores) to {MAX_THREADS}, got {num_threads!r}")
+    return num_threads
 
 
 def _as_batch(x) -> np.ndarray:
@@ -26,7 +37,7 @@ def _as_batch(x) -> np.ndarray:
             "(preprocess images first, or use model.predict)"
         )
     if arr.ndim != 4:
-        raise ValueError(f"input must have 4 dimensions (B, C, H, W); got shape {arr.shape}")
+        raise VMambaError(f"input must have 4 dimensions (B, C, H, W); got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -39,24 +50,36 @@ class Model:
     (1, 10)
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None):
-        self._init(os.fspath(path), _native.Model(os.fspath(path), num_threads))
+    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None, mmap: bool = False):
+        path = os.fspath(path)
+        self._init(path, _native.Model(path, _threads(num_threads), bool(mmap)))
 
     def _init(self, path: str, native) -> None:
         self.path = path
         self._native = native
         self.config: dict = json.loads(native.config_json)
         self.metadata: dict[str, str] = dict(native.metadata)
-        self.preprocess = Preprocess.from_metadata(self.metadata)
-        self.labels: list[str] = [] if self.is_backbone else labels_from_metadata(self.metadata, self.config["num_classes"])
+        try:
+            self.preprocess = Preprocess.from_metadata(self.metadata)
+            self.labels: list[str] = (
+                [] if self.is_backbone else labels_from_metadata(self.metadata, self.config["num_classes"])
+            )
+        except VMambaError as e:
+            raise VMambaError(f"{path}: {e}") from None
 
     @classmethod
     def random(cls, arch: str | dict, *, seed: int = 0, num_threads: int | None = None) -> "Model":
         """A model with random weights: ``arch`` is a preset name (SPEC.md section 6,
         e.g. ``"vmamba-tiny-s1l8"``) or a config dict. For benchmarks and tests."""
-        cfg = _native.Model.preset_json(arch) if isinstance(arch, str) else json.dumps(arch)
+        try:
+            cfg = _native.Model.preset_json(arch) if isinstance(arch, str) else json.dumps(arch)
+        except (TypeError, ValueError) as e:
+            raise VMambaError(f"arch must be a preset name or a JSON-serialisable config: {e}") from None
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+            raise VMambaError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         model = cls.__new__(cls)
-        model._init(f"<random {arch if isinstance(arch, str) else 'config'}>", _native.Model.random(cfg, seed, num_threads))
+        model._init(f"<random {arch if isinstance(arch, str) else 'config'}>",
+                    _native.Model.random(cfg, seed, _threads(num_threads)))
         return model
 
     @property
@@ -91,8 +114,10 @@ class Model:
         """
         if isinstance(images, (str, os.PathLike, np.ndarray)) or not isinstance(images, (list, tuple)):
             images = [images]
-        if topk < 1:
-            raise ValueError(f"topk must be at least 1, got {topk}")
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise VMambaError(f"topk must be an integer of at least 1, got {topk!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise VMambaError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
         out = []
         for i in range(0, len(images), batch_size):
             logits = self(self.preprocess.batch(images[i : i + batch_size])).astype(np.float64)

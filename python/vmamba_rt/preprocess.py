@@ -10,15 +10,37 @@ to ``input_size`` x ``input_size``), ``interpolation``, ``mean`` and ``std``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
+import struct
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import VMambaError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_PREPROCESS = "vmamba_rt.preprocess"
+
+# Largest image (width x height) decoded, or produced by the resize step. The
+# default is Pillow's decompression-bomb limit; the Rust path uses the same.
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "VMAMBA_RT_MAX_IMAGE_PIXELS"
+MAX_INPUT_SIZE = 4096
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: ``$VMAMBA_RT_MAX_IMAGE_PIXELS`` if set, else the default."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(raw)
+    except ValueError:
+        raise VMambaError(f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels") from None
 
 _INTERPOLATION = {
     "nearest": Image.NEAREST,
@@ -42,12 +64,22 @@ class Preprocess:
     std: tuple = field(default=IMAGENET_STD)
 
     def __post_init__(self):
+        def bad(what: str):
+            raise VMambaError(f"preprocess {what}")
+
         if self.resize not in ("crop", "squash"):
-            raise ValueError(f"preprocess resize must be 'crop' or 'squash', got {self.resize!r}")
+            bad(f"resize must be 'crop' or 'squash', got {self.resize!r}")
         if self.interpolation not in _INTERPOLATION:
-            raise ValueError(f"unknown interpolation {self.interpolation!r} (known: {sorted(_INTERPOLATION)})")
-        if self.input_size < 1 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"invalid preprocessing settings: {self}")
+            bad(f"interpolation {self.interpolation!r} is unknown (known: {sorted(_INTERPOLATION)})")
+        if type(self.input_size) is not int or not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            bad(f"input_size must be an integer in 1..{MAX_INPUT_SIZE}, got {self.input_size!r}")
+        if not isinstance(self.resize_ratio, (int, float)) or not 0 < self.resize_ratio <= 16:
+            bad(f"resize_ratio must be in (0, 16], got {self.resize_ratio!r}")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+                bad(f"{name} must be 3 finite numbers, got {v!r}")
+        if min(self.std) <= 0:
+            bad(f"std must be positive, got {self.std!r}")
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "Preprocess":
@@ -55,35 +87,57 @@ class Preprocess:
         raw = metadata.get(META_PREPROCESS)
         if not raw:
             return cls()
-        d = json.loads(raw)
-        known = {k: d[k] for k in ("input_size", "resize", "resize_ratio", "interpolation") if k in d}
-        for k in ("mean", "std"):
-            if k in d:
-                known[k] = tuple(float(v) for v in d[k])
-        return cls(**known)
+        try:
+            d = json.loads(raw)
+            if not isinstance(d, dict):
+                raise TypeError(f"a JSON object is needed, got {type(d).__name__}")
+            known = {k: d[k] for k in ("input_size", "resize", "resize_ratio", "interpolation") if k in d}
+            for k in ("mean", "std"):
+                if k in d:
+                    known[k] = tuple(float(v) for v in d[k])
+            return cls(**known)
+        except VMambaError as e:
+            raise VMambaError(f"{META_PREPROCESS}: {e}") from None
+        except (ValueError, TypeError, RecursionError, OverflowError) as e:
+            raise VMambaError(f"{META_PREPROCESS} is not valid: {type(e).__name__}: {str(e)[:200]}") from None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     def resized(self, img: Image.Image) -> Image.Image:
-        """The resize and crop steps, on an RGB image."""
+        """The resize and crop steps, on an RGB image. An image without pixels, or
+        one whose resized form would pass the pixel limit (an extreme aspect
+        ratio), is refused."""
         s, interp = self.input_size, _INTERPOLATION[self.interpolation]
+        w, h = img.size
+        if w == 0 or h == 0:
+            raise VMambaError(f"the image has no pixels ({w}x{h})")
         if self.resize == "squash":
             return img.resize((s, s), interp)
-        w, h = img.size
         size = int(self.resize_ratio * s)
         # torchvision Resize(int): the shorter side becomes `size`, the longer int(size * long / short).
         if w <= h:
             new = (size, int(size * h / w))
         else:
             new = (int(size * w / h), size)
+        limit = max_pixels()
+        if new[0] * new[1] > limit:
+            raise VMambaError(
+                f"a {w}x{h} image would be resized to {new[0]}x{new[1]}, over the limit of {limit} pixels "
+                f"({MAX_PIXELS_ENV}); its aspect ratio is too extreme"
+            )
         if new != (w, h):
             img = img.resize(new, interp)
         return center_crop(img, s)
 
     def __call__(self, image) -> np.ndarray:
         """One image (path, PIL image or uint8 array) -> float32 (3, S, S)."""
-        img = self.resized(load_rgb(image))
+        try:
+            img = self.resized(load_rgb(image))
+        except VMambaError as e:
+            if isinstance(image, (str, os.PathLike)) and os.fspath(image) not in str(e):
+                raise VMambaError(f"{os.fspath(image)}: {e}") from None
+            raise
         x = np.asarray(img, dtype=np.float32) / 255.0
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
@@ -113,18 +167,31 @@ def load_rgb(image) -> Image.Image:
     16-bit images are scaled to 8 bits.
     """
     if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        limit = max_pixels()
         try:
-            with Image.open(image) as im:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open forever
+                raise VMambaError(f"cannot read image {path!r}: not a regular file (a folder, FIFO or device)")
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+                if w * h > limit:
+                    raise VMambaError(
+                        f"cannot read image {path!r}: {w}x{h} pixels is over the limit of {limit} ({MAX_PIXELS_ENV})"
+                    )
                 return _to_rgb(ImageOps.exif_transpose(im))
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"cannot read image {os.fspath(image)!r}: {e}") from None
+        except VMambaError:
+            raise
+        except Image.DecompressionBombError as e:  # Pillow's own cap, at twice its warning size
+            raise VMambaError(f"cannot read image {path!r}: over the limit of {limit} pixels ({MAX_PIXELS_ENV}): {e}") from None
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+            raise VMambaError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
     if isinstance(image, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"image arrays must be uint8 (H, W[, 3|4]); got {image.dtype}")
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
+            raise VMambaError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
         return _to_rgb(Image.fromarray(image))
     raise TypeError(f"expected an image path, PIL image or uint8 array, got {type(image).__name__}")
 

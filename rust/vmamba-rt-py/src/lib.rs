@@ -6,13 +6,14 @@ use numpy::{
     IntoPyArray, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use vmamba_rt::{Error, VMamba};
 
 mod ops;
+mod pickle_scan;
 
 create_exception!(
     _native,
@@ -22,24 +23,30 @@ create_exception!(
 );
 
 fn to_py(e: Error) -> PyErr {
-    VMambaError::new_err(e.to_string())
+    match e.root() {
+        Error::OutOfMemory(_) => PyMemoryError::new_err(e.to_string()),
+        _ => VMambaError::new_err(e.to_string()),
+    }
 }
 
-/// Run `f` with the GIL released; a panic (a bug: inputs are validated first)
-/// becomes a VMambaError instead of unwinding into Python.
+/// Run `f`, turning a panic (a bug: inputs are validated first) into a
+/// VMambaError: no PanicException ever reaches Python.
+fn guarded<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(VMambaError::new_err(format!(
+            "internal error (please report): {}",
+            what.unwrap_or_default()
+        )))
+    })
+}
+
+/// Run `f` with the GIL released, guarded against panics.
 fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
-    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
-        .map_err(|p| {
-            let what = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            VMambaError::new_err(format!(
-                "internal error (please report): {}",
-                what.unwrap_or_default()
-            ))
-        })?
-        .map_err(to_py)
+    py.detach(|| guarded(|| f().map_err(to_py)))
 }
 
 /// A loaded model (see `vmamba_rt.Model` for the documented API).
@@ -60,26 +67,45 @@ fn shape4(x: &PyReadonlyArray4<f32>) -> PyResult<[usize; 4]> {
 
 #[pymethods]
 impl Model {
+    /// `mmap=True` maps the file instead of reading it (see `Weights::open_mmap`).
     #[new]
-    #[pyo3(signature = (path, num_threads=None))]
-    fn new(py: Python<'_>, path: std::path::PathBuf, num_threads: Option<usize>) -> PyResult<Self> {
-        let mut inner = detached(py, || VMamba::load(&path))?;
-        if let Some(n) = num_threads {
-            inner.set_num_threads(n).map_err(to_py)?;
-        }
-        Ok(Model { inner })
+    #[pyo3(signature = (path, num_threads=None, mmap=false))]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        num_threads: Option<usize>,
+        mmap: bool,
+    ) -> PyResult<Self> {
+        detached(py, || {
+            let mut inner = if mmap {
+                VMamba::load_mmap(&path)?
+            } else {
+                VMamba::load(&path)?
+            };
+            if let Some(n) = num_threads {
+                inner.set_num_threads(n)?;
+            }
+            Ok(Model { inner })
+        })
     }
 
     /// A model with random weights in the shapes of `config_json` (benchmarks).
     #[staticmethod]
     #[pyo3(signature = (config_json, seed=0, num_threads=None))]
-    fn random(config_json: &str, seed: u64, num_threads: Option<usize>) -> PyResult<Self> {
-        let cfg = vmamba_rt::Config::from_json(config_json).map_err(to_py)?;
-        let mut inner = VMamba::random(cfg, seed).map_err(to_py)?;
-        if let Some(n) = num_threads {
-            inner.set_num_threads(n).map_err(to_py)?;
-        }
-        Ok(Model { inner })
+    fn random(
+        py: Python<'_>,
+        config_json: &str,
+        seed: u64,
+        num_threads: Option<usize>,
+    ) -> PyResult<Self> {
+        detached(py, || {
+            let cfg = vmamba_rt::Config::from_json(config_json)?;
+            let mut inner = VMamba::random(cfg, seed)?;
+            if let Some(n) = num_threads {
+                inner.set_num_threads(n)?;
+            }
+            Ok(Model { inner })
+        })
     }
 
     /// The config of a released preset as JSON.
@@ -156,17 +182,43 @@ fn preprocess_file<'py>(
         vmamba_rt::preprocess::META_PREPROCESS.to_string(),
         preprocess_json.to_string(),
     )]);
-    let pre = vmamba_rt::preprocess::Preprocess::from_metadata(&meta).map_err(to_py)?;
-    let img = vmamba_rt::preprocess::load_rgb(&path).map_err(to_py)?;
-    let s = pre.input_size;
-    pre.apply(&img).into_pyarray(py).reshape([3, s, s])
+    let (pixels, s) = detached(py, || {
+        let pre = vmamba_rt::preprocess::Preprocess::from_metadata(&meta)?;
+        let img = vmamba_rt::preprocess::load_rgb(&path)?;
+        Ok((pre.apply(&img)?, pre.input_size))
+    })?;
+    pixels.into_pyarray(py).reshape([3, s, s])
+}
+
+/// Refuse a pickle that nests deeper than `max_depth`, has more than `max_ops`
+/// opcodes, misuses its memo or holds bytes after STOP (see `pickle_scan`).
+/// Returns the number of opcodes.
+#[pyfunction]
+fn scan_pickle(py: Python<'_>, data: &[u8], max_depth: u32, max_ops: usize) -> PyResult<usize> {
+    py.detach(|| {
+        guarded(|| {
+            pickle_scan::scan(data, max_depth, max_ops)
+                .map_err(|r| VMambaError::new_err(format!("{} at byte {}", r.why, r.pos)))
+        })
+    })
 }
 
 /// Names and shapes of every tensor of an architecture (config as JSON).
 #[pyfunction]
-fn parameter_shapes(config_json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
-    let cfg = vmamba_rt::Config::from_json(config_json).map_err(to_py)?;
-    VMamba::parameter_shapes(&cfg).map_err(to_py)
+fn parameter_shapes(py: Python<'_>, config_json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
+    detached(py, || {
+        VMamba::parameter_shapes(&vmamba_rt::Config::from_json(config_json)?)
+    })
+}
+
+/// A config (JSON) checked against every range the runtime enforces, in canonical form.
+#[pyfunction]
+fn normalize_config(config_json: &str) -> PyResult<String> {
+    guarded(|| {
+        vmamba_rt::Config::from_json(config_json)
+            .map(|c| c.to_json())
+            .map_err(to_py)
+    })
 }
 
 /// Load a weights file and build the model, raising VMambaError on any mismatch.
@@ -181,6 +233,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_weights, m)?)?;
     m.add_function(wrap_pyfunction!(parameter_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess_file, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_pickle, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize_config, m)?)?;
     m.add("VMambaError", m.py().get_type::<VMambaError>())?;
     ops::register(m)?;
     Ok(())

@@ -6,6 +6,21 @@ use numpy::{
 };
 use pyo3::prelude::*;
 
+use crate::{guarded, VMambaError};
+
+fn shape_error(msg: String) -> PyErr {
+    VMambaError::new_err(msg)
+}
+
+fn nonempty(name: &str, shape: &[usize]) -> PyResult<()> {
+    if shape.contains(&0) {
+        return Err(shape_error(format!(
+            "{name} has an empty dimension: shape {shape:?}"
+        )));
+    }
+    Ok(())
+}
+
 use vmamba_rt::kernels::{cross_scan, scan};
 
 /// Selective scan in the official layout: u, delta (B, K*Di, L); A (K*Di, N);
@@ -23,34 +38,58 @@ fn selective_scan<'py>(
     d: PyReadonlyArray1<'py, f32>,
     delta_bias: PyReadonlyArray1<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray3<f32>>> {
-    let (bs, kd, l) = (u.shape()[0], u.shape()[1], u.shape()[2]);
-    let (k, n) = (b.shape()[1], b.shape()[2]);
-    let (u, delta, a, b, c, d, bias) = (
-        u.as_slice()?,
-        delta.as_slice()?,
-        a.as_slice()?,
-        b.as_slice()?,
-        c.as_slice()?,
-        d.as_slice()?,
-        delta_bias.as_slice()?,
-    );
-    let mut y = Vec::with_capacity(bs * kd * l);
-    for i in 0..bs {
-        let (s, g) = (kd * l, k * n * l);
-        y.extend(scan::selective_scan_ref(
-            &u[i * s..][..s],
-            &delta[i * s..][..s],
-            a,
-            &b[i * g..][..g],
-            &c[i * g..][..g],
-            d,
-            bias,
-            k,
-            n,
-            l,
-        ));
-    }
-    y.into_pyarray(py).reshape([bs, kd, l])
+    guarded(|| {
+        let (bs, kd, l) = (u.shape()[0], u.shape()[1], u.shape()[2]);
+        let (k, n) = (b.shape()[1], b.shape()[2]);
+        let expect = [
+            ("delta", delta.shape(), vec![bs, kd, l]),
+            ("A", a.shape(), vec![kd, n]),
+            ("B", b.shape(), vec![bs, k, n, l]),
+            ("C", c.shape(), vec![bs, k, n, l]),
+            ("D", d.shape(), vec![kd]),
+            ("delta_bias", delta_bias.shape(), vec![kd]),
+        ];
+        if k == 0 || !kd.is_multiple_of(k) {
+            return Err(shape_error(format!(
+                "u has K*Di = {kd} channels, not a multiple of B's K = {k}"
+            )));
+        }
+        for (name, got, want) in expect {
+            if got != want.as_slice() {
+                return Err(shape_error(format!(
+                    "{name} has shape {got:?}, expected {want:?} (from u {:?} and B {:?})",
+                    [bs, kd, l],
+                    [bs, k, n, l]
+                )));
+            }
+        }
+        let (u, delta, a, b, c, d, bias) = (
+            u.as_slice()?,
+            delta.as_slice()?,
+            a.as_slice()?,
+            b.as_slice()?,
+            c.as_slice()?,
+            d.as_slice()?,
+            delta_bias.as_slice()?,
+        );
+        let mut y = Vec::with_capacity(bs * kd * l);
+        for i in 0..bs {
+            let (s, g) = (kd * l, k * n * l);
+            y.extend(scan::selective_scan_ref(
+                &u[i * s..][..s],
+                &delta[i * s..][..s],
+                a,
+                &b[i * g..][..g],
+                &c[i * g..][..g],
+                d,
+                bias,
+                k,
+                n,
+                l,
+            ));
+        }
+        y.into_pyarray(py).reshape([bs, kd, l])
+    })
 }
 
 /// Cross-scan: x (B, C, H, W) -> (B, 4, C, H*W).
@@ -59,15 +98,18 @@ fn cross_scan_ref<'py>(
     py: Python<'py>,
     x: PyReadonlyArray4<'py, f32>,
 ) -> PyResult<Bound<'py, numpy::PyArray4<f32>>> {
-    let &[b, c, h, w] = x.shape() else {
-        unreachable!()
-    };
-    let x = x.as_slice()?;
-    let out: Vec<f32> = x
-        .chunks(c * h * w)
-        .flat_map(|img| cross_scan::cross_scan_ref(img, c, h, w))
-        .collect();
-    out.into_pyarray(py).reshape([b, 4, c, h * w])
+    guarded(|| {
+        let &[b, c, h, w] = x.shape() else {
+            unreachable!()
+        };
+        nonempty("x", x.shape())?;
+        let x = x.as_slice()?;
+        let out: Vec<f32> = x
+            .chunks(c * h * w)
+            .flat_map(|img| cross_scan::cross_scan_ref(img, c, h, w))
+            .collect();
+        out.into_pyarray(py).reshape([b, 4, c, h * w])
+    })
 }
 
 /// Cross-merge: ys (B, 4, C, H, W) -> (B, C, H*W).
@@ -76,18 +118,27 @@ fn cross_merge_ref<'py>(
     py: Python<'py>,
     ys: PyReadonlyArray5<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray3<f32>>> {
-    let &[b, _, c, h, w] = ys.shape() else {
-        unreachable!()
-    };
-    let ys = ys.as_slice()?;
-    let out: Vec<f32> = ys
-        .chunks(4 * c * h * w)
-        .flat_map(|img| cross_scan::cross_merge_ref(img, c, h, w))
-        .collect();
-    out.into_pyarray(py).reshape([b, c, h * w])
+    guarded(|| {
+        let &[b, k, c, h, w] = ys.shape() else {
+            unreachable!()
+        };
+        nonempty("ys", ys.shape())?;
+        if k != 4 {
+            return Err(shape_error(format!(
+                "ys must hold 4 directions (B, 4, C, H, W), got shape {:?}",
+                [b, k, c, h, w]
+            )));
+        }
+        let ys = ys.as_slice()?;
+        let out: Vec<f32> = ys
+            .chunks(4 * c * h * w)
+            .flat_map(|img| cross_scan::cross_merge_ref(img, c, h, w))
+            .collect();
+        out.into_pyarray(py).reshape([b, c, h * w])
+    })
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(selective_scan, m)?)?;
     m.add_function(wrap_pyfunction!(cross_scan_ref, m)?)?;
     m.add_function(wrap_pyfunction!(cross_merge_ref, m)?)?;

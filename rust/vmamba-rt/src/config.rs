@@ -147,11 +147,35 @@ impl Config {
         serde_json::to_string(self).expect("config serialises")
     }
 
+    /// Widest stage 0 a config may ask for (the released models use 96 and 128).
+    pub const MAX_DIMS: usize = 1 << 14;
+    /// Most blocks in one stage (the released models use up to 27).
+    pub const MAX_DEPTH: usize = 1024;
+    /// Most classes of a classifier head.
+    pub const MAX_CLASSES: usize = 1 << 20;
+
     /// Reject configurations the runtime cannot build, with the field that is wrong.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.dims == 0 {
-            return bad("dims must be positive".into());
+        if self.dims == 0 || self.dims > Self::MAX_DIMS {
+            return bad(format!(
+                "dims must be in 1..={}, got {}",
+                Self::MAX_DIMS,
+                self.dims
+            ));
+        }
+        if let Some(d) = self.depths.iter().find(|&&d| d > Self::MAX_DEPTH) {
+            return bad(format!(
+                "a stage may hold at most {} blocks, got {d}",
+                Self::MAX_DEPTH
+            ));
+        }
+        if self.num_classes > Self::MAX_CLASSES {
+            return bad(format!(
+                "num_classes must be at most {}, got {}",
+                Self::MAX_CLASSES,
+                self.num_classes
+            ));
         }
         if self.depths.is_empty() || self.depths.len() > 8 {
             return bad(format!(
@@ -231,6 +255,46 @@ impl Config {
         Ok(())
     }
 
+    /// How many weights the architecture has (computed from the sizes alone, so a
+    /// config can be judged before anything is allocated).
+    pub fn param_count(&self) -> f64 {
+        let mut total = 0.0;
+        let c0 = self.dims as f64;
+        total += c0 * self.in_chans as f64 * 16.0 + c0 * c0 * 9.0 + 8.0 * c0; // either stem, generously
+        let n_stages = self.depths.len();
+        for (i, &depth) in self.depths.iter().enumerate() {
+            let c = self.stage_dim(i) as f64;
+            let (di, n, r) = (
+                self.d_inner(self.stage_dim(i)) as f64,
+                self.ssm_d_state as f64,
+                self.dt_rank(self.stage_dim(i)) as f64,
+            );
+            let k2 = (self.ssm_conv * self.ssm_conv) as f64;
+            let ssm = if self.ssm_ratio > 0.0 {
+                2.0 * c
+                    + 2.0 * di * c
+                    + di * (k2 + 1.0)
+                    + 4.0 * di * (2.0 * r + 2.0 * n + n + 2.0)
+                    + 2.0 * di
+                    + c * di
+            } else {
+                0.0
+            };
+            let h = self.mlp_hidden(self.stage_dim(i)) as f64;
+            let mlp = if h > 0.0 {
+                2.0 * c + 2.0 * h * c + h + c
+            } else {
+                0.0
+            };
+            total += depth as f64 * (ssm + mlp);
+            if i + 1 < n_stages {
+                total += 2.0 * c * c * 9.0 + 8.0 * c * 2.0; // the largest downsample
+            }
+            total += 2.0 * c; // an outnorm
+        }
+        total + (self.num_classes as f64 + 2.0) * self.stage_dim(n_stages - 1) as f64
+    }
+
     /// Names of the released configurations (SPEC.md section 6).
     pub const PRESETS: [&'static str; 9] = [
         "vanilla-vmamba-tiny",
@@ -307,6 +371,23 @@ mod tests {
         let v = Config::preset("vanilla-vmamba-tiny").unwrap();
         assert_eq!(v.d_inner(96), 192);
         assert_eq!(v.forward_type, ForwardType::V0);
+    }
+
+    #[test]
+    fn param_count_bounds_the_real_count() {
+        for name in Config::PRESETS {
+            let cfg = Config::preset(name).unwrap();
+            let real: usize = crate::VMamba::parameter_shapes(&cfg)
+                .unwrap()
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            let est = cfg.param_count();
+            assert!(
+                est >= real as f64 && est < 1.5 * real as f64,
+                "{name}: {est} vs {real}"
+            );
+        }
     }
 
     #[test]

@@ -53,9 +53,44 @@ pub enum Error {
     /// The input batch does not fit the model.
     #[error("bad input: {0}")]
     Input(String),
-    /// The call needs a classifier head but the model is a backbone (or the reverse).
+    /// The call needs a classifier head but the model is a backbone (or the reverse),
+    /// or an argument is out of range.
     #[error("{0}")]
     Usage(String),
+    /// A request needs more memory than is available (or than the set limit):
+    /// refused before allocating, so the process lives on.
+    #[error("not enough memory: {0}")]
+    OutOfMemory(String),
+    /// An error in a named file (the file's path comes first in the message).
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// What was wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// This error, said of `path` (unless it already names a file).
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            e @ (Error::Io { .. } | Error::Format { .. } | Error::InFile { .. }) => e,
+            e => Error::InFile {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// The innermost error (through [`Error::InFile`]).
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::InFile { source, .. } => source.root(),
+            e => e,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

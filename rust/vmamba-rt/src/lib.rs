@@ -35,6 +35,7 @@
 pub mod config;
 pub mod error;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod weights;

@@ -13,6 +13,27 @@ use crate::error::{Error, Result};
 /// Metadata key holding the preprocessing settings as JSON.
 pub const META_PREPROCESS: &str = "vmamba_rt.preprocess";
 
+/// Largest image (width x height) decoded or produced by resizing, unless the
+/// environment variable [`MAX_PIXELS_ENV`] says otherwise. It is Pillow's
+/// decompression-bomb limit, so the Python and Rust paths refuse the same images.
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+/// Environment variable overriding [`DEFAULT_MAX_PIXELS`].
+pub const MAX_PIXELS_ENV: &str = "VMAMBA_RT_MAX_IMAGE_PIXELS";
+/// Largest model input side a weights file may ask for.
+pub const MAX_INPUT_SIZE: usize = 4096;
+
+/// The pixel limit in force: [`MAX_PIXELS_ENV`] when set, else [`DEFAULT_MAX_PIXELS`].
+pub fn max_pixels() -> Result<u64> {
+    match std::env::var(MAX_PIXELS_ENV) {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+            Error::Usage(format!(
+                "{MAX_PIXELS_ENV}={v:?} is not a whole number of pixels"
+            ))
+        }),
+        Err(_) => Ok(DEFAULT_MAX_PIXELS),
+    }
+}
+
 /// ImageNet channel means (RGB).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (RGB).
@@ -113,40 +134,84 @@ impl Preprocess {
                 .map_err(|e| Error::Config(format!("{META_PREPROCESS}: {e}")))?,
             None => Preprocess::default(),
         };
-        if p.input_size == 0 || p.std.iter().any(|&s| s <= 0.0) || p.resize_ratio <= 0.0 {
-            return Err(Error::Config(format!(
-                "{META_PREPROCESS}: invalid settings {p:?}"
-            )));
-        }
+        p.validate()?;
         Ok(p)
     }
 
-    /// The resize and crop steps.
-    pub fn resized(&self, img: &Rgb8) -> Rgb8 {
+    /// Refuse settings outside their ranges, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Config(format!("{META_PREPROCESS}: {what}")));
+        if !(1..=MAX_INPUT_SIZE).contains(&self.input_size) {
+            return bad(format!(
+                "input_size must be in 1..={MAX_INPUT_SIZE}, got {}",
+                self.input_size
+            ));
+        }
+        if !(self.resize_ratio > 0.0 && self.resize_ratio <= 16.0) {
+            return bad(format!(
+                "resize_ratio must be in (0, 16], got {}",
+                self.resize_ratio
+            ));
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) {
+            return bad(format!("mean must be finite, got {:?}", self.mean));
+        }
+        if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return bad(format!(
+                "std must be finite and positive, got {:?}",
+                self.std
+            ));
+        }
+        Ok(())
+    }
+
+    /// The size an image of `w` x `h` is resampled to before the crop.
+    fn resize_to(&self, w: usize, h: usize) -> (usize, usize) {
         let s = self.input_size;
         match self.resize {
-            Resize::Squash => resample(img, s, s, self.interpolation),
+            Resize::Squash => (s, s),
             Resize::Crop => {
                 let size = (self.resize_ratio * s as f64) as usize;
-                let (w, h) = (img.width, img.height);
-                let (nw, nh) = if w <= h {
+                if w <= h {
                     (size, (size as f64 * h as f64 / w as f64) as usize)
                 } else {
                     ((size as f64 * w as f64 / h as f64) as usize, size)
-                };
+                }
+            }
+        }
+    }
+
+    /// The resize and crop steps. An image with no pixels, or one whose resized
+    /// form would exceed the pixel limit (an extreme aspect ratio), is refused.
+    pub fn resized(&self, img: &Rgb8) -> Result<Rgb8> {
+        let (w, h) = (img.width, img.height);
+        if w == 0 || h == 0 {
+            return Err(Error::Input(format!("the image has no pixels ({w}x{h})")));
+        }
+        let (nw, nh) = self.resize_to(w, h);
+        let limit = max_pixels()?;
+        if nw as f64 * nh as f64 > limit as f64 {
+            return Err(Error::Input(format!(
+                "a {w}x{h} image would be resized to {nw}x{nh}, over the limit of {limit} pixels \
+                 ({MAX_PIXELS_ENV}); its aspect ratio is too extreme"
+            )));
+        }
+        Ok(match self.resize {
+            Resize::Squash => resample(img, nw, nh, self.interpolation),
+            Resize::Crop => {
                 let r = if (nw, nh) == (w, h) {
                     img.clone()
                 } else {
                     resample(img, nw, nh, self.interpolation)
                 };
-                center_crop(&r, s)
+                center_crop(&r, self.input_size)
             }
-        }
+        })
     }
 
     /// One image -> normalised float32 (3, S, S), channel-first.
-    pub fn apply(&self, img: &Rgb8) -> Vec<f32> {
-        let r = self.resized(img);
+    pub fn apply(&self, img: &Rgb8) -> Result<Vec<f32>> {
+        let r = self.resized(img)?;
         let hw = r.width * r.height;
         let mut out = vec![0.0f32; 3 * hw];
         for (p, px) in r.data.chunks_exact(3).enumerate() {
@@ -154,7 +219,7 @@ impl Preprocess {
                 out[c * hw + p] = (px[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -352,17 +417,32 @@ pub fn resample(img: &Rgb8, out_w: usize, out_h: usize, kind: Interpolation) -> 
 
 /// Decode an image file to 8-bit RGB, applying its EXIF orientation. Grayscale,
 /// palette and 16-bit images are converted; alpha is dropped (as the reference
-/// loader's `convert("RGB")` does).
+/// loader's `convert("RGB")` does). Images over [`max_pixels`] are refused from
+/// their header, before anything is decoded; so is anything but a regular file.
 #[cfg(feature = "image")]
 pub fn load_rgb(path: impl AsRef<std::path::Path>) -> Result<Rgb8> {
-    use image::{DynamicImage, ImageDecoder, ImageReader};
+    use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
     let path = path.as_ref();
     let err = |e: String| Error::Input(format!("cannot read image {}: {e}", path.display()));
-    let reader = ImageReader::open(path)
-        .map_err(|e| err(e.to_string()))?
+    let file = crate::weights::open_regular(path)?;
+    let limit = max_pixels()?;
+    let mut reader = ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
+    let mut limits = Limits::default();
+    // Decoders allocate up to 8 bytes a pixel (16-bit RGBA), plus their own buffers.
+    limits.max_alloc = Some(limit.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > limit {
+        return Err(err(format!(
+            "{w}x{h} pixels is over the limit of {limit} ({MAX_PIXELS_ENV})"
+        )));
+    }
+    if w == 0 || h == 0 {
+        return Err(err(format!("the image has no pixels ({w}x{h})")));
+    }
     let orientation = decoder.orientation().map_err(|e| err(e.to_string()))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
     img.apply_orientation(orientation);
@@ -392,6 +472,69 @@ mod tests {
     use super::*;
 
     #[test]
+    fn extreme_aspect_ratios_and_empty_images_are_refused() {
+        let wide = Rgb8 {
+            width: 20000,
+            height: 1,
+            data: vec![7; 20000 * 3],
+        };
+        let err = Preprocess::default()
+            .resized(&wide)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aspect ratio"), "{err}");
+        let squash = Preprocess {
+            resize: Resize::Squash,
+            ..Preprocess::default()
+        };
+        assert_eq!(squash.resized(&wide).unwrap().width, 224);
+        let empty = Rgb8 {
+            width: 0,
+            height: 5,
+            data: vec![],
+        };
+        assert!(Preprocess::default().resized(&empty).is_err());
+    }
+
+    /// A 68-byte PNG whose header declares 100000 x 100000 pixels (30 GB decoded).
+    #[cfg(feature = "image")]
+    const HUGE_PNG: [u8; 68] = [
+        137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 1, 134, 160, 0, 1, 134,
+        160, 8, 2, 0, 0, 0, 39, 48, 156, 159, 0, 0, 0, 11, 73, 68, 65, 84, 120, 156, 99, 96, 128,
+        1, 0, 0, 10, 0, 1, 127, 128, 116, 94, 0, 0, 0, 0, 73, 69, 78, 68, 174, 66, 96, 130,
+    ];
+
+    #[cfg(feature = "image")]
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_from_their_header() {
+        let path = std::env::temp_dir().join(format!("vmamba-rt-huge-{}.png", std::process::id()));
+        std::fs::write(&path, HUGE_PNG).unwrap();
+        let err = load_rgb(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            err.contains("100000x100000") && err.contains("limit"),
+            "{err}"
+        );
+        // Folders (like FIFOs and devices) are refused before they are opened.
+        let err = load_rgb(std::env::temp_dir()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_settings_name_the_field() {
+        for (json, field) in [
+            (r#"{"input_size": 100000}"#, "input_size"),
+            (r#"{"resize_ratio": 1e300}"#, "resize_ratio"),
+            (r#"{"std": [1, 0, 1]}"#, "std"),
+            (r#"{"mean": [1, 2, 1e39]}"#, "mean"),
+        ] {
+            let meta = HashMap::from([(META_PREPROCESS.to_string(), json.to_string())]);
+            let err = Preprocess::from_metadata(&meta).unwrap_err().to_string();
+            assert!(err.contains(field), "{json}: {err}");
+        }
+    }
+
+    #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (i, o) in [(8, 64), (300, 256), (1000, 224), (5, 5)] {
             for (_, k) in coefficients(i, o, Interpolation::Bicubic) {
@@ -411,7 +554,7 @@ mod tests {
             height: 11,
             data: [200u8, 30, 90].repeat(37 * 11),
         };
-        let out = Preprocess::default().resized(&img);
+        let out = Preprocess::default().resized(&img).unwrap();
         assert_eq!((out.width, out.height), (224, 224));
         assert!(out.data.chunks(3).all(|p| p == [200, 30, 90]));
     }
@@ -424,7 +567,7 @@ mod tests {
             height: 256,
             data,
         };
-        let out = Preprocess::default().resized(&img);
+        let out = Preprocess::default().resized(&img).unwrap();
         for y in [0, 100, 223] {
             for x in [0, 50, 223] {
                 let want = &img.data[((y + 16) * 300 + x + 38) * 3..][..3];

@@ -1,6 +1,7 @@
 //! Converted weights: a safetensors file whose header metadata carries the
-//! architecture. Tensors are memory-mapped and borrowed in place when the file
-//! allows (F32, 4-byte aligned); every lookup checks the name and the shape.
+//! architecture. The file is read into memory once (or, on request, memory-mapped);
+//! tensors are borrowed in place when the bytes allow (F32, 4-byte aligned), and
+//! every lookup checks the name and the shape.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -28,7 +29,7 @@ impl Storage {
     }
 }
 
-/// A read-only f32 tensor, either a view into the mapped file or an owned copy.
+/// A read-only f32 tensor, either a view into the file's bytes or an owned copy.
 #[derive(Clone)]
 pub struct Param {
     data: ParamData,
@@ -37,7 +38,7 @@ pub struct Param {
 
 #[derive(Clone)]
 enum ParamData {
-    Mapped {
+    InFile {
         file: Arc<Storage>,
         start: usize,
         len: usize,
@@ -63,7 +64,7 @@ impl Param {
     /// The elements, row-major.
     pub fn data(&self) -> &[f32] {
         match &self.data {
-            ParamData::Mapped { file, start, len } => {
+            ParamData::InFile { file, start, len } => {
                 // Checked at load time: in bounds, 4-byte aligned, F32 little-endian.
                 bytemuck::cast_slice(&file.bytes()[*start..*start + *len * 4])
             }
@@ -73,7 +74,7 @@ impl Param {
 
     /// True when the tensor is read in place from the memory-mapped file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.data, ParamData::Mapped { .. })
+        matches!(self.data, ParamData::InFile { .. })
     }
 }
 
@@ -96,17 +97,34 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Memory-map a safetensors file.
+    /// Read a safetensors file into memory. The model then owns its weights:
+    /// later changes to the file (rewritten, truncated) cannot affect it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        use std::io::Read;
         let path = path.as_ref();
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only; like every mmap-based loader we rely on the
-        // file not being truncated by another process while the model lives.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let mut file = open_regular(path)?;
+        let len = file.metadata().map_err(|e| io_error(path, e))?.len();
+        crate::memory::ensure(len, || format!("reading {}", path.display()))?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len as usize)
+            .map_err(|_| Error::OutOfMemory(format!("reading {}", path.display())))?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io_error(path, e))?;
+        Self::from_storage(Storage::Owned(bytes), &path.display().to_string())
+    }
+
+    /// Memory-map a safetensors file: no copy, and pages are read only when used.
+    ///
+    /// The model then reads the file for as long as it lives. Whoever changes the
+    /// file meanwhile changes the model's outputs, and truncating it makes the
+    /// next forward pass die with SIGBUS: use this only for files nobody rewrites.
+    pub fn open_mmap(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = open_regular(path)?;
+        // SAFETY: the map is read-only; the caller promises (see above) that the file
+        // is not truncated or rewritten while the model lives.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
         Self::from_storage(Storage::Mapped(map), &path.display().to_string())
     }
 
@@ -159,8 +177,14 @@ impl Weights {
         }
     }
 
-    fn make_up(seed: u64, name: &str, shape: &[usize]) -> Param {
-        let len: usize = shape.iter().product();
+    fn make_up(seed: u64, name: &str, shape: &[usize]) -> Result<Param> {
+        let len = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::OutOfMemory(format!("tensor '{name}' of shape {shape:?}")))?;
+        crate::memory::ensure(len as u64 * 4, || {
+            format!("tensor '{name}' of shape {shape:?}")
+        })?;
         let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f32;
         let mut state = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
@@ -173,19 +197,19 @@ impl Weights {
         };
         let last = name.rsplit('.').next().unwrap_or(name);
         let is_norm = name.contains("norm");
-        let data: Vec<f32> = match last {
-            "A_logs" => (0..len)
-                .map(|i| ((i % shape[1]) as f32 + 1.0).ln())
-                .collect(),
-            "Ds" => vec![1.0; len],
-            "weight" if is_norm => vec![1.0; len],
-            "bias" if is_norm => vec![0.0; len],
-            "dt_projs_bias" => (0..len).map(|_| -4.0 + uniform()).collect(),
-            _ => (0..len)
-                .map(|_| uniform() * (3.0 / fan_in).sqrt())
-                .collect(),
-        };
-        Param::owned(data, shape.to_vec())
+        let mut data: Vec<f32> = Vec::new();
+        data.try_reserve_exact(len)
+            .map_err(|_| Error::OutOfMemory(format!("tensor '{name}' of shape {shape:?}")))?;
+        // The same sequence of draws as a plain per-kind fill (seeded outputs stay put).
+        data.extend((0..len).map(|i| match last {
+            "A_logs" => ((i % shape[1]) as f32 + 1.0).ln(),
+            "Ds" => 1.0,
+            "weight" if is_norm => 1.0,
+            "bias" if is_norm => 0.0,
+            "dt_projs_bias" => -4.0 + uniform(),
+            _ => uniform() * (3.0 / fan_in).sqrt(),
+        }));
+        Ok(Param::owned(data, shape.to_vec()))
     }
 
     /// Header metadata (string to string).
@@ -219,7 +243,7 @@ impl Weights {
                 .lock()
                 .expect("weights lock")
                 .insert(name.to_string(), shape.to_vec());
-            return Ok(Self::make_up(seed, name, shape));
+            return Self::make_up(seed, name, shape);
         }
         let e = self
             .entries
@@ -243,7 +267,7 @@ impl Weights {
                 if cfg!(target_endian = "little")
                     && (bytes.as_ptr() as usize).is_multiple_of(4) =>
             {
-                ParamData::Mapped {
+                ParamData::InFile {
                     file: self.file.clone(),
                     start: e.start,
                     len,
@@ -300,6 +324,29 @@ impl Weights {
             None => Ok(()),
         }
     }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Open a regular file for reading. Anything else is refused before it is
+/// opened: a FIFO would block the open (and the read) forever.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    if !meta.is_file() {
+        return Err(io_error(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a folder, FIFO or device)",
+            ),
+        ));
+    }
+    std::fs::File::open(path).map_err(|e| io_error(path, e))
 }
 
 /// IEEE half to single precision.

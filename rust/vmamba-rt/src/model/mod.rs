@@ -73,13 +73,26 @@ impl VMamba {
     /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let ws = Weights::open(path)?;
-        let text = ws.metadata().get(META_CONFIG).ok_or_else(|| Error::Format {
-            path: path.display().to_string(),
-            reason: format!("no '{META_CONFIG}' entry in the header metadata; convert the checkpoint with `vmamba-rt convert`"),
-        })?;
-        let config = Config::from_json(text)?;
-        Self::from_weights(config, &ws)
+        Self::from_file(path, Weights::open(path)?)
+    }
+
+    /// Like [`VMamba::load`], but the weights stay memory-mapped: no copy, and the
+    /// file must not change while the model lives (see [`Weights::open_mmap`]).
+    pub fn load_mmap(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::from_file(path, Weights::open_mmap(path)?)
+    }
+
+    fn from_file(path: &Path, ws: Weights) -> Result<Self> {
+        let build = || {
+            let text = ws.metadata().get(META_CONFIG).ok_or_else(|| {
+                Error::Config(format!(
+                    "no '{META_CONFIG}' entry in the header metadata; convert the checkpoint with `vmamba-rt convert`"
+                ))
+            })?;
+            Self::from_weights(Config::from_json(text)?, &ws)
+        };
+        build().map_err(|e| e.in_file(path))
     }
 
     /// Build the model from a config and weights, checking every tensor by name and
@@ -132,11 +145,13 @@ impl VMamba {
             head,
             pool: None,
         };
-        if let Some(t) = std::env::var(THREADS_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        {
-            model.set_num_threads(t)?;
+        if let Ok(v) = std::env::var(THREADS_ENV) {
+            let n = v.trim().parse::<usize>().map_err(|_| {
+                Error::Usage(format!(
+                    "{THREADS_ENV}={v:?} is not a whole number of threads"
+                ))
+            })?;
+            model.set_num_threads(n)?;
         }
         Ok(model)
     }
@@ -152,6 +167,12 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn random(config: Config, seed: u64) -> Result<Self> {
+        config.validate()?;
+        // Every weight is made up, and some are re-laid out: twice the model's size.
+        let bytes = config.param_count() * 4.0 * 2.0;
+        crate::memory::ensure(bytes.min(u64::MAX as f64) as u64, || {
+            format!("a random model of {:.0} weights", config.param_count())
+        })?;
         Self::from_weights(config, &Weights::synthetic(seed))
     }
 
@@ -218,14 +239,20 @@ impl VMamba {
     #[cfg(feature = "image")]
     pub fn classify_file(&self, path: impl AsRef<Path>, k: usize) -> Result<Vec<(String, f32)>> {
         let pre = self.preprocess()?;
-        let x = pre.apply(&crate::preprocess::load_rgb(path)?);
+        let x = pre.apply(&crate::preprocess::load_rgb(path)?)?;
         let s = pre.input_size;
         let logits = self.forward(&x, [1, 3, s, s])?;
         Ok(self.top_k(&logits, k))
     }
 
-    /// Run on `n` worker threads (0: rayon's global pool, all cores).
+    /// Run on `n` worker threads (0: rayon's global pool, all cores; at most 1024).
     pub fn set_num_threads(&mut self, n: usize) -> Result<()> {
+        if n > Self::MAX_THREADS {
+            return Err(Error::Usage(format!(
+                "num_threads must be 0 (all cores) to {}, got {n}",
+                Self::MAX_THREADS
+            )));
+        }
         self.pool = if n == 0 {
             None
         } else {
@@ -237,6 +264,63 @@ impl VMamba {
             Some(Arc::new(pool))
         };
         Ok(())
+    }
+
+    /// Most worker threads a model may be given.
+    pub const MAX_THREADS: usize = 1024;
+
+    fn num_threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    /// Bytes one image of `h` x `w` holds at the peak of a forward pass (the
+    /// buffers of the widest step, all counted as live at once: an upper estimate),
+    /// and the bytes of its stage outputs (what `features` returns, stacked).
+    fn image_bytes(&self, h: usize, w: usize) -> (f64, f64) {
+        let cfg = &self.config;
+        let (hw, c0) = (h as f64 * w as f64, cfg.dims as f64);
+        // The input in channel-last order, the stem's im2col buffers and outputs.
+        let mut peak = hw * (13.0 + c0);
+        let mut outputs = 0.0;
+        let mut size = self.stem.out_hw(h, w);
+        for (i, st) in self.stages.iter().enumerate() {
+            let Some((sh, sw)) = size else { break };
+            let rows = sh as f64 * sw as f64;
+            let c = cfg.stage_dim(i);
+            let (di, n, r) = (cfg.d_inner(c), cfg.ssm_d_state, cfg.dt_rank(c));
+            // SS2D: projections, conv output, x_dbl, deltas, the scan's own
+            // channel-first copies and its output.
+            let ssm = if cfg.ssm_ratio > 0.0 {
+                15 * di + 4 * r + 16 * n
+            } else {
+                0
+            };
+            let mlp = c + cfg.mlp_hidden(c);
+            peak = peak.max(rows * (2 * c + ssm.max(mlp)) as f64);
+            outputs += 2.0 * rows * c as f64;
+            if let Some(ds) = &st.downsample {
+                size = ds.out_hw(sh, sw);
+                if let Some((oh, ow)) = size {
+                    peak = peak.max(rows * c as f64 + oh as f64 * ow as f64 * (13 * c) as f64);
+                }
+            }
+        }
+        (peak * 4.0 * 1.25, outputs * 4.0)
+    }
+
+    /// Refuse an input whose forward pass would need more memory than there is.
+    fn check_memory(&self, shape: [usize; 4]) -> Result<()> {
+        let [b, _, h, w] = shape;
+        let workers = self.num_threads().min(b);
+        let at_once = if workers <= 1 { b } else { workers };
+        let (work, out) = self.image_bytes(h, w);
+        let need = at_once as f64 * work + b as f64 * out;
+        crate::memory::ensure(need.min(u64::MAX as f64) as u64, || {
+            format!("a forward pass on input {shape:?}")
+        })
     }
 
     /// Whether an input of `h` x `w` leaves every stage at least one pixel: each
@@ -281,7 +365,7 @@ impl VMamba {
                 "input of {h}x{w} pixels is too small for this model (needs at least {m}x{m})"
             )));
         }
-        Ok(())
+        self.check_memory(shape)
     }
 
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

@@ -1,0 +1,129 @@
+"""Hostile files, made in code: each function writes one kind of attack.
+
+Used by ``test_hostile.py`` and by ``fuzz/hostile_report.py``, which measures
+the time and peak memory each one costs the reader.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+
+from torchfmt import _global, _int, _str, write_pth
+
+PROTO = b"\x80\x02"
+
+
+def _ints(values) -> bytes:
+    return b"".join(_int(v) for v in values)
+
+
+def contiguous(shape) -> list[int]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.insert(0, acc)
+        acc *= n
+    return strides
+
+
+def storage_ref(key: str, numel: int, kind: str = "FloatStorage") -> bytes:
+    """The persistent id of a storage, loaded into a storage reference."""
+    return b"(" + _str("storage") + _global("torch", kind) + _str(key) + _str("cpu") + _int(numel) + b"tQ"
+
+
+def tensor_record(key: str, numel: int, shape, stride=None, kind: str = "FloatStorage") -> bytes:
+    """A ``_rebuild_tensor_v2`` record as torch writes it (storage, offset, size, stride, ...)."""
+    stride = contiguous(shape) if stride is None else stride
+    return (_global("torch._utils", "_rebuild_tensor_v2") + b"(" + storage_ref(key, numel, kind) + _int(0)
+            + b"(" + _ints(shape) + b"t(" + _ints(stride) + b"t\x89"
+            + _global("collections", "OrderedDict") + b")RtR")
+
+
+def dict_of(items: dict[str, bytes]) -> bytes:
+    return b"}(" + b"".join(_str(k) + v for k, v in items.items()) + b"u"
+
+
+def build_on(target: bytes, state: bytes, slotstate: bool = False) -> bytes:
+    """``target`` with BUILD(state) applied, then popped; the result is an empty dict."""
+    if slotstate:
+        state = b"N" + state + b"\x86"
+    return PROTO + target + state + b"b0}."
+
+
+# What a pickle can reach: every allowed global, and the objects the reader makes.
+BUILD_TARGETS = {
+    "storage type": _global("torch", "FloatStorage"),
+    "tensor rebuild function": _global("torch._utils", "_rebuild_tensor_v2"),
+    "parameter rebuild function": _global("torch._utils", "_rebuild_parameter"),
+    "config class": _global("yacs.config", "CfgNode"),
+    "namespace class": _global("argparse", "Namespace"),
+    "OrderedDict": _global("collections", "OrderedDict"),
+    "numpy dtype": _global("numpy", "dtype"),
+    "numpy scalar": _global("numpy.core.multiarray", "scalar"),
+    "set": _global("builtins", "set"),
+    "tensor record": tensor_record("0", 4, [4]),
+    "storage reference": storage_ref("0", 4),
+}
+POISON_STATE = dict_of({"name": _str("HalfStorage"), "numel": _int(2**31 - 1), "shape": b"(K\x01t",
+                        "__defaults__": b"(K\x01t", "__setstate__": b"N", "update": b"N"})
+
+
+def write_build_attack(path, target: str, slotstate: bool = False) -> None:
+    write_pth(path, None, raw_pickle=build_on(BUILD_TARGETS[target], POISON_STATE, slotstate),
+              storages=[b"\0" * 16])
+
+
+def write_nested_key(path, depth: int) -> None:
+    """A dict whose key is a tuple nested ``depth`` deep: one byte a level."""
+    write_pth(path, None, raw_pickle=PROTO + b"}N" + b"\x85" * depth + b"Ns.")
+
+
+def write_memo_bomb(path, trailing: int = 163_000) -> None:
+    """A memo index just under the pickle's length, which trailing junk after STOP makes long."""
+    idx = trailing
+    write_pth(path, None, raw_pickle=PROTO + b"}r" + struct.pack("<I", idx) + b"." + b"\0" * trailing,
+              compress=True)
+
+
+def write_opcode_flood(path, mib: int) -> None:
+    """A small (deflated) file whose pickle is ``mib`` MiB of push/pop pairs."""
+    write_pth(path, None, raw_pickle=PROTO + b"N0" * (mib << 19) + b"}.", compress=True)
+
+
+def write_storage_bomb(path, mib: int) -> None:
+    """A tensor whose storage member inflates from a few KB to ``mib`` MiB of zeros."""
+    numel = (mib << 20) // 4
+    pkl = PROTO + dict_of({"model": dict_of({"patch_embed.0.weight": tensor_record("0", numel, [numel])})}) + b"."
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        with z.open("archive/data/0", "w", force_zip64=True) as f:
+            zeros = b"\0" * (16 << 20)
+            for _ in range(max(1, mib // 16)):
+                f.write(zeros)
+
+
+def write_shared_storage_views(path, views: int, numel: int) -> None:
+    """``views`` tensors over one stored storage of ``numel`` floats (a small file, a large output)."""
+    sd = {f"t{i}": tensor_record("0", numel, [numel]) for i in range(views)}
+    write_pth(path, None, raw_pickle=PROTO + dict_of(sd) + b".", storages=[b"\0" * (4 * numel)])
+
+
+def write_many_keys(path, stages: int, blocks: int) -> None:
+    """A bare state dict of ``stages`` x ``blocks`` entries that all share one tiny storage."""
+    rec = tensor_record("0", 1, [1])
+    sd = {"patch_embed.0.weight": tensor_record("0", 1, [1, 1, 1, 1])}
+    sd.update({f"layers.{i}.blocks.{j}.norm.weight": rec for i in range(stages) for j in range(blocks)})
+    write_pth(path, None, raw_pickle=PROTO + dict_of(sd) + b".", storages=[b"\0" * 4])
+
+
+def write_huge_png(path, width: int = 100_000, height: int = 100_000) -> None:
+    """A tiny PNG whose header declares ``width`` x ``height`` RGB pixels."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                + chunk(b"IEND", b""))
