@@ -21,6 +21,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = self.files.get(self.path)
         self.log.append((self.path, self.headers.get("Range")))
+        if callable(body):  # a misbehaving server
+            body(self)
+            return
         if body is None:
             self.send_error(404)
             return
@@ -119,3 +122,74 @@ def test_checksum_mismatch_and_missing_file(server, tmp_path):
 def test_loading_a_registry_model_before_download(server):
     with pytest.raises(vmamba_rt.VMambaError, match="not downloaded yet.*vmamba-rt download"):
         vmamba_rt.load("vmamba-tiny-s1l8")
+
+
+def _cache_files():
+    return sorted(n for n in os.listdir(hub.home()) if not n.endswith(".lock"))
+
+
+def test_an_html_page_never_enters_the_cache(server, release_bytes):
+    _serve(server, NAME, b"<!DOCTYPE html><html>Rate limit exceeded</html>")
+    with pytest.raises(vmamba_rt.DownloadError, match="did not send a checkpoint.*<!DOCTYPE html.*VMAMBA_RT_MIRROR"):
+        hub.download(NAME, progress=False)
+    assert _cache_files() == []
+    _serve(server, NAME, release_bytes)  # the next try starts clean: no --force needed
+    assert os.path.exists(hub.download(NAME, progress=False))
+
+
+def _endless(handler):
+    handler.send_response(200)
+    handler.end_headers()  # no length: the stream never says how long it is
+    try:
+        handler.wfile.write(b"PK\x03\x04")
+        for _ in range(64):
+            handler.wfile.write(b"\0" * (1 << 16))
+    except OSError:  # the client hung up, as it should
+        pass
+
+
+def test_an_endless_stream_is_cut_at_the_registry_cap(server, monkeypatch):
+    reg = hub.registry()
+    for m in reg["models"]:
+        m["max_bytes"] = 1 << 20
+    monkeypatch.setattr(hub, "registry", lambda: reg)
+    _serve(server, NAME, _endless)
+    with pytest.raises(vmamba_rt.DownloadError, match="more than the 1048576 bytes expected"):
+        hub.download(NAME, progress=False)
+    assert _cache_files() == []
+
+
+def _truncated(handler):
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    handler.wfile.write(b"4000\r\nPK\x03\x04" + b"\0" * 100)  # promises 16 KiB, sends 104 bytes
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+def test_a_truncated_chunked_response_says_to_run_again(server):
+    _serve(server, NAME, _truncated)
+    with pytest.raises(vmamba_rt.DownloadError, match="run the same command again to resume|failed"):
+        hub.download(NAME, progress=False)
+    parts = [n for n in _cache_files() if n.endswith(".part")]
+    assert all(os.path.getsize(os.path.join(hub.home(), n)) > 0 for n in parts)
+
+
+def test_concurrent_downloads_of_one_model(server, release_bytes):
+    import threading
+
+    _serve(server, NAME, release_bytes)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(hub.download(NAME, progress=False))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and results == [hub.cached_path(NAME)] * 3
+    assert len(server.log) == 1  # one fetch; the others waited for it and found the result

@@ -1,4 +1,9 @@
-"""The ``vmamba-rt`` command line: convert, classify, models, download."""
+"""The ``vmamba-rt`` command line: convert, classify, models, download.
+
+Results go to stdout, one image after another; progress, warnings and errors go
+to stderr. ``classify`` goes on past images it cannot read, reports each, and
+exits with status 1 at the end if any failed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,14 @@ import sys
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+def _warn(msg: str) -> None:
+    print(f"vmamba-rt: warning: {msg}", file=sys.stderr)
+
+
+def _error(msg: str) -> None:
+    print(f"vmamba-rt: error: {msg}", file=sys.stderr)
+
+
 def _cmd_convert(args) -> int:
     import warnings
 
@@ -18,19 +31,23 @@ def _cmd_convert(args) -> int:
     dst = args.output or os.path.splitext(args.src)[0] + ".safetensors"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ArchitectureGuessWarning)
-        convert(args.src, dst, ema=args.ema, preset=args.preset, config=args.config)
+        convert(args.src, dst, ema=args.ema, preset=args.preset, config=args.config, prefix=args.prefix)
     for w in caught:
-        print(f"vmamba-rt: warning: {w.message}", file=sys.stderr)
+        _warn(str(w.message))
     print(f"wrote {dst}")
     return 0
 
 
 def _expand(inputs: list[str]) -> list[str]:
+    """Image files from files and folders (folders: by extension, sorted, recursively)."""
     files = []
     for p in inputs:
         if os.path.isdir(p):
-            for root, _, names in sorted(os.walk(p)):
-                files += [os.path.join(root, n) for n in sorted(names) if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
+            found = [os.path.join(root, n) for root, _, names in sorted(os.walk(p)) for n in sorted(names)
+                     if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
+            if not found:
+                _warn(f"no images in {p} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+            files += found
         elif os.path.exists(p):
             files.append(p)
         else:
@@ -38,37 +55,91 @@ def _expand(inputs: list[str]) -> list[str]:
     return files
 
 
+def _emit(args, path: str, preds=None, error: str | None = None, bar=None) -> None:
+    """One image's result on stdout (and its error on stderr), above the progress bar if any."""
+    if args.json:
+        row = {"image": path}
+        if error is None:
+            row["top"] = [{"label": label, "prob": round(p, 6)} for label, p in preds]
+        else:
+            row["error"] = error
+        lines = [json.dumps(row)]
+    elif error is None:
+        lines = [path] + [f"  {prob:7.2%}  {label}" for label, prob in preds]
+    else:
+        lines = []
+    write = (lambda s, file: bar.write(s, file=file)) if bar is not None else (lambda s, file: print(s, file=file))
+    for line in lines:
+        write(line, sys.stdout)
+    if error is not None:
+        write(f"vmamba-rt: error: {path}: {error}", sys.stderr)
+
+
 def _cmd_classify(args) -> int:
     from . import load
+    from .errors import VMambaError
 
-    model = load(args.model)
+    model = load(args.model, device=args.device, dtype=args.dtype, num_threads=args.threads)
     files = _expand(args.images)
-    bar = sys.stderr.isatty() and len(files) > 1 and not args.json
-    for i in range(0, len(files), args.batch):
-        chunk = files[i : i + args.batch]
-        for path, preds in zip(chunk, model.predict(chunk, topk=args.topk, batch_size=args.batch)):
-            if args.json:
-                print(json.dumps({"image": path, "top": [{"label": l, "prob": round(p, 6)} for l, p in preds]}))
-            else:
-                print(path)
-                for label, prob in preds:
-                    print(f"  {prob:7.2%}  {label}")
-        if bar:
-            done = min(i + args.batch, len(files))
-            sys.stderr.write(f"\r[{'#' * (30 * done // len(files)):<30}] {done}/{len(files)}")
-            sys.stderr.flush()
-    if bar:
-        sys.stderr.write("\n")
+    failed = 0
+    bar = None
+    if sys.stderr.isatty() and len(files) > 1 and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False)
+    try:
+        for i in range(0, len(files), args.batch):
+            chunk = files[i : i + args.batch]
+            # Decode each image on its own, so that one bad file costs only itself.
+            batch, good = [], []
+            for path in chunk:
+                try:
+                    batch.append(model.preprocess(path))
+                    good.append(path)
+                except (VMambaError, OSError, TypeError) as e:
+                    failed += 1
+                    _emit(args, path, error=str(e).replace(f"cannot read image {path!r}: ", ""), bar=bar)
+            if batch:
+                import numpy as np
+
+                preds = model.classify(np.stack(batch), topk=args.topk, multi_label=args.multi_label)
+                for path, p in zip(good, preds):
+                    _emit(args, path, p, bar=bar)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if failed:
+        _error(f"{failed} of {len(files)} images could not be classified")
+        return 1
     return 0
 
 
-def _cmd_models(args) -> int:
-    from . import hub
+def _model_rows() -> list[dict]:
+    from . import DEFAULT_MODEL, hub
 
-    print(f"{'name':<22} {'top-1':>5} {'params':>7} {'downloaded':>10}  url")
+    rows = [{"name": "digits (default)", "top1": None, "params_m": None, "downloaded": True,
+             "path": DEFAULT_MODEL, "url": None}]
     for m in hub.registry()["models"]:
-        have = "yes" if os.path.exists(hub.cached_path(m["name"])) else "no"
-        print(f"{m['name']:<22} {m['top1']:>5.1f} {m['params_m']:>6}M {have:>10}  {hub.url(m)}")
+        path = hub.cached_path(m["name"])
+        rows.append({"name": m["name"], "top1": m["top1"], "params_m": m["params_m"],
+                     "downloaded": os.path.exists(path), "path": path, "url": hub.url(m)})
+    return rows
+
+
+def _cmd_models(args) -> int:
+    rows = _model_rows()
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(f"{'name':<22} {'top-1':>5} {'params':>7} {'downloaded':>10}  url")
+    for r in rows:
+        top1 = f"{r['top1']:>5.1f}" if r["top1"] is not None else f"{'-':>5}"
+        params = f"{r['params_m']:>6}M" if r["params_m"] is not None else f"{'-':>7}"
+        have = "yes" if r["downloaded"] else "no"
+        print(f"{r['name']:<22} {top1} {params} {have:>10}  {r['url'] or 'bundled with the package'}")
     return 0
 
 
@@ -80,32 +151,68 @@ def _cmd_download(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be 0 (all cores) to 1024, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vmamba-rt", description="Run VMamba vision models without PyTorch.")
+    from . import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="vmamba-rt", description="Run VMamba vision models without PyTorch.",
+                                formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="convert an official .pth checkpoint to safetensors")
+    c = sub.add_parser("convert", help="convert an official .pth checkpoint to safetensors", formatter_class=fmt)
     c.add_argument("src", help="checkpoint written by torch.save (.pth)")
     c.add_argument("-o", "--output", help="output .safetensors path (default: SRC with .safetensors)")
     c.add_argument("--ema", action="store_true", help="take the model_ema weights of a training checkpoint")
+    c.add_argument("--prefix", help="strip this prefix from the weight names (e.g. visual_encoder.); "
+                                    "weights without it are dropped")
     arch = c.add_mutually_exclusive_group()
     arch.add_argument("--preset", metavar="NAME", help="the architecture is this registry preset (see `models`)")
     arch.add_argument("--config", metavar="FILE", help="the architecture from the official yaml config (or a runtime .json)")
     c.set_defaults(func=_cmd_convert)
 
-    k = sub.add_parser("classify", help="classify images (files or folders)")
-    k.add_argument("images", nargs="+", metavar="IMG_OR_DIR")
+    k = sub.add_parser("classify", help="classify images (files or folders)", formatter_class=fmt)
+    k.add_argument("images", nargs="+", metavar="IMG_OR_DIR", help="image files, or folders searched recursively")
     k.add_argument("--model", help="weights path or downloaded registry name (default: the bundled digits model)")
-    k.add_argument("--topk", type=int, default=5)
-    k.add_argument("--batch", type=int, default=8)
-    k.add_argument("--json", action="store_true", help="one JSON object per image")
+    k.add_argument("--topk", type=_positive, default=5, help="best classes to show per image")
+    k.add_argument("--batch", type=_positive, default=8, help="images per forward pass")
+    k.add_argument("--json", action="store_true", help="one JSON object per image (an 'error' field for failures)")
+    k.add_argument("--multi-label", action="store_true",
+                   help="independent sigmoid probabilities per class (multi-label heads) instead of softmax")
+    k.add_argument("--threads", type=_threads, default=None,
+                   help="CPU worker threads (0: all cores; default: $VMAMBA_RT_NUM_THREADS or all cores)")
+    k.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    k.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="precision (float16 / bfloat16 on cuda only)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     k.set_defaults(func=_cmd_classify)
 
-    m = sub.add_parser("models", help="list the official models of the registry")
+    m = sub.add_parser("models", help="list the bundled and the official models", formatter_class=fmt)
+    m.add_argument("--json", action="store_true", help="one JSON object per model")
     m.set_defaults(func=_cmd_models)
 
-    d = sub.add_parser("download", help="download, verify and convert an official model")
-    d.add_argument("name")
+    d = sub.add_parser("download", help="download, verify and convert an official model", formatter_class=fmt)
+    d.add_argument("name", help="a registry name (see `models`)")
     d.add_argument("--force", action="store_true", help="download again even if cached")
     d.set_defaults(func=_cmd_download)
     return p
@@ -113,16 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch", 1) < 1 or getattr(args, "topk", 1) < 1:
-        print("vmamba-rt: error: --batch and --topk must be at least 1", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # our errors carry a message that names the problem
-        print(f"vmamba-rt: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 1
     except MemoryError as e:
-        print(f"vmamba-rt: error: out of memory: {e}", file=sys.stderr)
+        _error(f"out of memory: {e}")
         return 1
     except KeyboardInterrupt:
         return 130

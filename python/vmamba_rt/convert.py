@@ -59,7 +59,8 @@ def _has_tensors(obj: Any) -> bool:
     return isinstance(obj, dict) and any(isinstance(v, LazyTensor) for v in obj.values())
 
 
-def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str, LazyTensor], str]:
+def extract_state_dict(ckpt: Any, src: str, ema: bool = False,
+                       prefix: str | None = None) -> tuple[dict[str, LazyTensor], str]:
     """Find the model weights in any of the containers of SPEC.md section 7.
 
     Returns the state dict with canonical key names and the name of the part it came from.
@@ -85,6 +86,12 @@ def extract_state_dict(ckpt: Any, src: str, ema: bool = False) -> tuple[dict[str
     if any(type(k) is not str for k in sd):
         bad = next(k for k in sd if type(k) is not str)
         raise ConversionError(f"{src}: a tensor is stored under a key that is not a string: {_short(bad)}")
+    if prefix:
+        kept = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not kept:
+            raise ConversionError(f"{src}: no weight names start with prefix {prefix!r} "
+                                  f"(names start like {[k[:60] for k in list(sd)[:5]]})")
+        sd = kept
     if any(k.startswith("backbone.") for k in sd):  # mmdet / mmseg: keep the backbone only
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
@@ -416,10 +423,12 @@ def _remove_stale_parts(folder: str, min_age: float = 10.0) -> None:
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False,
             metadata: dict[str, str] | None = None, preset: str | None = None,
-            config: str | os.PathLike | dict | None = None) -> str:
+            config: str | os.PathLike | dict | None = None, prefix: str | None = None) -> str:
     """Convert an official checkpoint ``src`` (.pth) to ``dst`` (.safetensors). Returns ``dst``.
 
     ``ema=True`` takes the ``model_ema`` weights of a training checkpoint.
+    ``prefix`` keeps only the weights whose names start with it, without it (for
+    fine-tuned checkpoints that nest the backbone, e.g. ``"visual_encoder."``).
     Extra ``metadata`` entries (string to string) are stored in the header.
     The architecture is, in this order: ``preset`` (a registry name; an embedded
     config must then agree with it), ``config`` (the official yaml, a runtime
@@ -438,7 +447,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False
         raise ConversionError("metadata must map strings to strings")
     _check_destination(src, dst)
     ckpt = load_pth(src)
-    sd, part = extract_state_dict(ckpt, src, ema=ema)
+    sd, part = extract_state_dict(ckpt, src, ema=ema, prefix=prefix)
     yacs = config_from_yacs(ckpt.get("config"), src) if isinstance(ckpt, dict) and part in ("model", "model_ema") else None
     if preset is not None:
         try:

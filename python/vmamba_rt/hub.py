@@ -48,7 +48,11 @@ def entry(name: str) -> dict:
 
 
 def home() -> str:
-    return os.environ.get("VMAMBA_RT_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "vmamba-rt")
+    """The cache: ``$VMAMBA_RT_HOME``, else ``$XDG_CACHE_HOME/vmamba-rt``, else ``~/.cache/vmamba-rt``."""
+    if os.environ.get("VMAMBA_RT_HOME"):
+        return os.environ["VMAMBA_RT_HOME"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "vmamba-rt")
 
 
 def cached_path(name: str) -> str:

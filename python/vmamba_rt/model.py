@@ -50,14 +50,16 @@ class Model:
     (1, 10)
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None, mmap: bool = False):
+    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None, mmap: bool = False,
+                 out_indices: list[int] | None = None):
         path = os.fspath(path)
-        self._init(path, _native.Model(path, _threads(num_threads), bool(mmap)))
+        self._init(path, _native.Model(path, _threads(num_threads), bool(mmap)), out_indices)
 
-    def _init(self, path: str, native) -> None:
+    def _init(self, path: str, native, out_indices: list[int] | None = None) -> None:
         self.path = path
         self._native = native
         self.config: dict = json.loads(native.config_json)
+        self.out_indices: list[int] = self._check_indices(out_indices) if out_indices is not None else self._stages()
         self.metadata: dict[str, str] = dict(native.metadata)
         try:
             self.preprocess = Preprocess.from_metadata(self.metadata)
@@ -82,6 +84,29 @@ class Model:
                     _native.Model.random(cfg, seed, _threads(num_threads)))
         return model
 
+    def _stages(self) -> list[int]:
+        """The stages ``features`` can return: a backbone's ``out_indices``, else all."""
+        return list(self.config["out_indices"] if self.is_backbone else range(len(self.config["depths"])))
+
+    def _check_indices(self, out_indices) -> list[int]:
+        have = self._stages()
+        idx = list(out_indices) if isinstance(out_indices, (list, tuple)) else None
+        if not idx or any(isinstance(i, bool) or not isinstance(i, int) or i not in have for i in idx):
+            raise VMambaError(f"out_indices must be a non-empty list of stages from {have}, got {out_indices!r}")
+        return idx
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What ``features`` returns, stage by stage (as timm's ``feature_info``):
+        ``num_chs`` (channels), ``reduction`` (stride from the input) and ``module``."""
+        return [{"num_chs": self.config["dims"] << i, "reduction": 4 << i, "module": f"layers.{i}", "index": i}
+                for i in self.out_indices]
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled embedding (the last stage's channels)."""
+        return self.config["dims"] << (len(self.config["depths"]) - 1)
+
     @property
     def is_backbone(self) -> bool:
         """True for detection / segmentation backbones (no classifier head)."""
@@ -101,31 +126,56 @@ class Model:
             )
         return self._native.forward(_as_batch(x))
 
-    def features(self, x) -> list[np.ndarray]:
-        """Feature maps (NCHW). Backbones: one per ``out_indices`` stage after its
-        ``outnorm``. Classifiers: the four stage outputs before their downsample."""
-        return self._native.features(_as_batch(x))
+    def features(self, x, out_indices: list[int] | None = None) -> list[np.ndarray]:
+        """Feature maps (NCHW), one per stage of ``out_indices`` (default: the
+        model's, see ``feature_info``). Backbones: stage outputs after their
+        ``outnorm``. Classifiers: every stage's output before its downsample."""
+        want = self.out_indices if out_indices is None else self._check_indices(out_indices)
+        maps = dict(zip(self._stages(), self._native.features(_as_batch(x))))
+        return [maps[i] for i in want]
 
-    def predict(self, images, topk: int = 5, *, batch_size: int = 16) -> list[list[tuple[str, float]]]:
+    def embeddings(self, x) -> np.ndarray:
+        """Pooled embeddings (B, num_features): the classifier's input ("pre-logits"),
+        after the final LayerNorm and the average over the image. For retrieval and
+        similarity search."""
+        if self.is_backbone:
+            raise VMambaError(f"{self.path} is a backbone without a classifier head: use features(x)")
+        return self._native.embed(_as_batch(x))
+
+    def classify(self, x, topk: int = 5, *, multi_label: bool = False) -> list[list[tuple[str, float]]]:
+        """For a preprocessed batch x (B, 3, H, W), each image's ``topk`` (label,
+        probability) pairs, best first. Probabilities are a softmax over the classes,
+        or with ``multi_label=True`` an independent sigmoid per class (multi-label heads)."""
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise VMambaError(f"topk must be an integer of at least 1, got {topk!r}")
+        logits = self(x).astype(np.float64)
+        if multi_label:
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+        out = []
+        for p in probs:
+            best = np.argsort(-p, kind="stable")[:topk]
+            out.append([(self.labels[j], float(p[j])) for j in best])
+        return out
+
+    def predict(self, images, topk: int = 5, *, batch_size: int = 16,
+                multi_label: bool = False) -> list[list[tuple[str, float]]]:
         """Classify images: paths, PIL images or uint8 arrays (one, or a list).
 
-        Returns, for each image, ``topk`` ``(label, probability)`` pairs, best first.
-        Images go through the model's own preprocessing (``model.preprocess``).
+        Returns, for each image, ``topk`` ``(label, probability)`` pairs, best first
+        (see :meth:`classify`). Images go through the model's own preprocessing
+        (``model.preprocess``).
         """
         if isinstance(images, (str, os.PathLike, np.ndarray)) or not isinstance(images, (list, tuple)):
             images = [images]
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise VMambaError(f"topk must be an integer of at least 1, got {topk!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise VMambaError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
         out = []
         for i in range(0, len(images), batch_size):
-            logits = self(self.preprocess.batch(images[i : i + batch_size])).astype(np.float64)
-            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            for p in probs:
-                best = np.argsort(-p, kind="stable")[:topk]
-                out.append([(self.labels[j], float(p[j])) for j in best])
+            batch = self.preprocess.batch(images[i : i + batch_size])
+            out += self.classify(batch, topk, multi_label=multi_label)
         return out
 
     def __repr__(self) -> str:

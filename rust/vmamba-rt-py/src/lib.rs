@@ -156,6 +156,19 @@ impl Model {
         logits.into_pyarray(py).reshape([shape[0], classes])
     }
 
+    /// Pooled embeddings (pre-logits), (B, C).
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray4<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let shape = shape4(&x)?;
+        let data = x.as_slice()?;
+        let pooled = detached(py, || self.inner.embed(data, shape))?;
+        let width = pooled.len() / shape[0];
+        pooled.into_pyarray(py).reshape([shape[0], width])
+    }
+
     /// Feature maps, each (B, C, H, W).
     fn features<'py>(
         &self,

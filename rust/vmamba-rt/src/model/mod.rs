@@ -400,19 +400,44 @@ impl VMamba {
 
     /// Class logits for an NCHW batch: x (B, 3, H, W) -> (B, num_classes), row-major.
     pub fn forward(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
-        let head = self.head.as_ref().ok_or_else(|| {
-            Error::Usage("this is a backbone model (out_indices set, no classifier head): use features() instead".into())
-        })?;
+        let head = self.classifier()?;
         self.check_input(x, shape)?;
         Ok(self.run(|| {
-            self.per_image(x, shape, |x, shape| self.logits(head, x, shape))
+            self.per_image(x, shape, |x, shape| {
+                let pooled = self.pooled(head, x, shape);
+                head.fc.forward(&pooled, shape[0])
+            })
+            .concat()
+        }))
+    }
+
+    /// Pooled embeddings (the classifier's input, "pre-logits"): x (B, 3, H, W) ->
+    /// (B, C) with C the last stage's width, row-major. For retrieval and similarity.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+    /// let model = vmamba_rt::VMamba::load(path)?;
+    /// assert_eq!(model.embed(&vec![0.0; 3 * 64 * 64], [1, 3, 64, 64])?.len(), 256);
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
+    pub fn embed(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
+        let head = self.classifier()?;
+        self.check_input(x, shape)?;
+        Ok(self.run(|| {
+            self.per_image(x, shape, |x, shape| self.pooled(head, x, shape))
                 .concat()
         }))
     }
 
-    fn logits(&self, head: &Head, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    fn classifier(&self) -> Result<&Head> {
+        self.head.as_ref().ok_or_else(|| {
+            Error::Usage("this is a backbone model (out_indices set, no classifier head): use features() instead".into())
+        })
+    }
+
+    /// The trunk, then the head's LayerNorm and the average over H, W: (B, C).
+    fn pooled(&self, head: &Head, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
         let map = self.trunk(x, shape, |_, _| {});
-        // LayerNorm -> average over H, W -> Linear
         let normed = head.norm.apply(&map.data);
         let hw = map.h * map.w;
         let mut pooled = vec![0.0f32; map.b * map.c];
@@ -422,7 +447,7 @@ impl VMamba {
             }
             out.iter_mut().for_each(|v| *v /= hw as f32);
         }
-        head.fc.forward(&pooled, map.b)
+        pooled
     }
 
     /// Run `f` on each image of the batch. One image uses every thread; a batch
