@@ -32,7 +32,7 @@ needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU with CuPy here: 
 BOUNDS = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
 
 
-@pytest.mark.skipif(not HAS_NVRTC, reason="nvidia-cuda-nvrtc-cu12 is not installed")
+@pytest.mark.skipif(not HAS_NVRTC, reason="nvidia-cuda-nvrtc-cu12 is not installed (pip install '.[nvrtc]', or bash scripts/test.sh --full)")
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 @pytest.mark.parametrize("dtype", sorted(gpu.DTYPES))
 def test_kernels_compile_to_ptx(arch, dtype):
@@ -45,7 +45,7 @@ def test_kernels_compile_to_ptx(arch, dtype):
         assert f".entry {lowered[name]}(" in ptx, name
 
 
-@pytest.mark.skipif(not HAS_NVRTC, reason="nvidia-cuda-nvrtc-cu12 is not installed")
+@pytest.mark.skipif(not HAS_NVRTC, reason="nvidia-cuda-nvrtc-cu12 is not installed (pip install '.[nvrtc]', or bash scripts/test.sh --full)")
 @pytest.mark.parametrize("name", gpu.KERNEL_FILES)
 def test_each_cu_file_compiles_alone(name):
     from vmamba_rt import nvrtc
@@ -57,7 +57,7 @@ def test_each_cu_file_compiles_alone(name):
 
 def test_broken_kernel_is_reported():
     if not HAS_NVRTC:
-        pytest.skip("nvidia-cuda-nvrtc-cu12 is not installed")
+        pytest.skip("nvidia-cuda-nvrtc-cu12 is not installed (pip install '.[nvrtc]', or bash scripts/test.sh --full)")
     from vmamba_rt import nvrtc
 
     with pytest.raises(nvrtc.NvrtcError, match="undefined"):

@@ -65,6 +65,19 @@ fn shape4(x: &PyReadonlyArray4<f32>) -> PyResult<[usize; 4]> {
     Ok([s[0], s[1], s[2], s[3]])
 }
 
+/// Run `f` on a batch with the GIL released; its output, one row per image, as (B, N).
+fn per_image_rows<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+    f: impl FnOnce(&[f32], [usize; 4]) -> Result<Vec<f32>, Error> + Send,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let shape = shape4(&x)?;
+    let data = x.as_slice()?;
+    let rows = detached(py, || f(data, shape))?;
+    let width = rows.len() / shape[0];
+    rows.into_pyarray(py).reshape([shape[0], width])
+}
+
 #[pymethods]
 impl Model {
     /// `mmap=True` maps the file instead of reading it (see `Weights::open_mmap`).
@@ -149,11 +162,7 @@ impl Model {
         py: Python<'py>,
         x: PyReadonlyArray4<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let shape = shape4(&x)?;
-        let data = x.as_slice()?;
-        let logits = detached(py, || self.inner.forward(data, shape))?;
-        let classes = logits.len() / shape[0];
-        logits.into_pyarray(py).reshape([shape[0], classes])
+        per_image_rows(py, x, |data, shape| self.inner.forward(data, shape))
     }
 
     /// Pooled embeddings (pre-logits), (B, C).
@@ -162,11 +171,7 @@ impl Model {
         py: Python<'py>,
         x: PyReadonlyArray4<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let shape = shape4(&x)?;
-        let data = x.as_slice()?;
-        let pooled = detached(py, || self.inner.embed(data, shape))?;
-        let width = pooled.len() / shape[0];
-        pooled.into_pyarray(py).reshape([shape[0], width])
+        per_image_rows(py, x, |data, shape| self.inner.embed(data, shape))
     }
 
     /// Feature maps, each (B, C, H, W).

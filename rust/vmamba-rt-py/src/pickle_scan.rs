@@ -351,36 +351,22 @@ pub fn scan(data: &[u8], max_depth: u32, max_ops: usize) -> Scan<usize> {
                 let state = sh.pop(&w)?;
                 sh.nest_into_top(&w, state)?;
             }
-            // Memo.
-            b'p' => {
-                let s = w.line(32)?;
-                let idx = text_int(&w, s)?;
-                sh.put(&w, idx)?;
-            }
-            b'q' => {
-                let idx = w.uint(1)?;
-                sh.put(&w, idx)?;
-            }
-            b'r' => {
-                let idx = w.uint(4)?;
-                sh.put(&w, idx)?;
-            }
-            0x94 => {
-                let idx = sh.memo.len() as u64;
-                sh.put(&w, idx)?;
-            }
-            b'g' => {
-                let s = w.line(32)?;
-                let idx = text_int(&w, s)?;
-                sh.get(&w, idx)?;
-            }
-            b'h' => {
-                let idx = w.uint(1)?;
-                sh.get(&w, idx)?;
-            }
-            b'j' => {
-                let idx = w.uint(4)?;
-                sh.get(&w, idx)?;
+            // Memo: PUT, BINPUT, LONG_BINPUT, MEMOIZE; GET, BINGET, LONG_BINGET.
+            b'p' | b'q' | b'r' | 0x94 | b'g' | b'h' | b'j' => {
+                let idx = match op {
+                    b'p' | b'g' => {
+                        let s = w.line(32)?;
+                        text_int(&w, s)?
+                    }
+                    b'q' | b'h' => w.uint(1)?,
+                    b'r' | b'j' => w.uint(4)?,
+                    _ => sh.memo.len() as u64,
+                };
+                if matches!(op, b'g' | b'h' | b'j') {
+                    sh.get(&w, idx)?;
+                } else {
+                    sh.put(&w, idx)?;
+                }
             }
             other => return w.fail(format!("unknown opcode 0x{other:02x}")),
         }

@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use vmamba_rt::VMamba;
-//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
 //! let model = VMamba::load(path)?; // e.g. "weights/digits.safetensors"
 //! let batch = vec![0.0f32; 2 * 3 * 64 * 64]; // NCHW, already normalised
 //! let logits = model.forward(&batch, [2, 3, 64, 64])?;
@@ -23,14 +23,14 @@
 //! Bad input is an [`Error`], never a panic:
 //!
 //! ```
-//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
 //! let model = vmamba_rt::VMamba::load(path)?;
 //! let err = model.forward(&[0.0; 12], [1, 4, 1, 3]).unwrap_err();
 //! assert_eq!(err.to_string(), "bad input: expected 3 input channels, got 4 (input shape [1, 4, 1, 3])");
 //! # Ok::<(), vmamba_rt::Error>(())
 //! ```
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod config;
 pub mod error;

@@ -20,6 +20,16 @@ enum Storage {
     Owned(Vec<u8>),
 }
 
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Storage::Mapped(_) => "mapped",
+            Storage::Owned(_) => "in memory",
+        };
+        write!(f, "<{} bytes {kind}>", self.bytes().len())
+    }
+}
+
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
@@ -44,6 +54,17 @@ enum ParamData {
         len: usize,
     },
     Owned(Arc<Vec<f32>>),
+}
+
+impl std::fmt::Debug for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.is_in_file() {
+            "in file"
+        } else {
+            "owned"
+        };
+        write!(f, "Param({:?}, {place})", self.shape)
+    }
 }
 
 impl Param {
@@ -72,12 +93,13 @@ impl Param {
         }
     }
 
-    /// True when the tensor is read in place from the memory-mapped file.
-    pub fn is_mapped(&self) -> bool {
+    /// True when the tensor is read in place from the file's bytes (no copy).
+    pub fn is_in_file(&self) -> bool {
         matches!(self.data, ParamData::InFile { .. })
     }
 }
 
+#[derive(Debug)]
 struct Entry {
     dtype: Dtype,
     shape: Vec<usize>,
@@ -87,6 +109,7 @@ struct Entry {
 /// The tensors and metadata of one converted weights file, or a synthetic
 /// source that makes up plausible random tensors of whatever shape is asked
 /// (for benchmarks and tests in the released shapes without the real files).
+#[derive(Debug)]
 pub struct Weights {
     synthetic: Option<u64>,
     file: Arc<Storage>,

@@ -1,7 +1,7 @@
 //! Matrix products through the `gemm` crate (packed, SIMD, rayon-parallel).
 
 /// A dense row-major operand with an explicit row stride (elements).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
     /// The elements.
     pub data: &'a [f32],

@@ -4,6 +4,11 @@
 //!
 //! Each optimised kernel has a plain reference beside it (`*_ref`), and the
 //! tests hold the two together.
+//!
+//! **Not part of the stable API.** These functions are public so that the
+//! Python bindings' op tests and the benchmarks can call them one by one; their
+//! signatures and layouts may change in any release. Applications use
+//! [`crate::VMamba`].
 
 pub mod act;
 pub mod conv;

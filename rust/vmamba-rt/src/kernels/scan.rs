@@ -57,6 +57,7 @@ pub fn selective_scan_ref(
 const LANES: usize = 16;
 
 /// Inputs of the fused four-direction scan for a batch, all channel-last.
+#[derive(Debug)]
 pub struct CrossScan<'a> {
     /// Images in the batch.
     pub batch: usize,

