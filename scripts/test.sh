@@ -6,8 +6,9 @@
 #                                 Python tests
 #   bash scripts/test.sh --full   also formatting and lints, the bindings' tests, the NVRTC
 #                                 compile tests of the CUDA kernels (installs NVIDIA's
-#                                 compiler packages), the aarch64 tests under qemu, and the
-#                                 built wheel in a fresh environment without Rust (what CI runs)
+#                                 compiler packages), the aarch64 tests under qemu, the
+#                                 Windows tests under wine, and the built wheel in a fresh
+#                                 environment without Rust (what CI runs)
 #
 # Outside a virtual environment it makes and uses .venv.
 set -euo pipefail
@@ -19,8 +20,8 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
     . .venv/bin/activate
 fi
 python -m pip install -q --upgrade pip "maturin>=1.5,<2"
-extras=test
-[ $full = 1 ] && extras=test,nvrtc
+extras=test,ray
+[ $full = 1 ] && extras=test,ray,nvrtc
 maturin develop --release -q -E "$extras"
 cargo test -q -p vmamba-rt
 if [ $full = 1 ]; then
@@ -29,6 +30,7 @@ if [ $full = 1 ]; then
     cargo test -q -p vmamba-rt-py
     bash scripts/test_aarch64.sh --install
     bash scripts/check_arm_simd.sh
+    bash scripts/test_windows.sh --install
     bash scripts/test_wheel.sh
 fi
 python -m pytest -q tests

@@ -1,4 +1,4 @@
-"""The ``vmamba-rt`` command line: convert, classify, models, download.
+"""The ``vmamba-rt`` command line: convert, classify, batch and serve (on Ray), models, download.
 
 Results go to stdout, one image after another; progress, warnings and errors go
 to stderr. ``classify`` goes on past images it cannot read, reports each, and
@@ -171,6 +171,95 @@ def _threads(text: str) -> int:
     return value
 
 
+def _result_row(row: dict) -> dict:
+    """A Ray Data output row as the JSON that `classify --json` prints."""
+    out = {"image": row.get("path", "<in memory>")}
+    if row.get("error"):
+        out["error"] = row["error"]
+    else:
+        out["top"] = [{"label": str(label), "prob": round(float(p), 6)} for label, p in zip(row["labels"], row["probs"])]
+    return out
+
+
+def _ray_init(address: str | None):
+    # Ray reports usage to its makers unless told not to; we do not phone home.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
+    try:
+        import ray
+    except ImportError:
+        raise OSError("Ray is not installed: pip install 'vmamba-rt[ray]'") from None
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    return ray
+
+
+def _cmd_batch(args) -> int:
+    ray = _ray_init(args.ray)
+    from . import ray as vray
+
+    ds = vray.read_inputs(args.inputs)
+    out = vray.classify_dataset(ds, args.model, topk=args.topk, concurrency=args.workers, batch_size=args.batch,
+                                num_cpus=args.cpus_per_worker, num_threads=args.threads, device=args.device,
+                                dtype=args.dtype)
+    failed = total = 0
+    if args.output and not args.output.endswith(".jsonl"):
+        out.write_parquet(args.output)  # a folder of Parquet files, written by the workers
+        rows = ray.data.read_parquet(args.output).select_columns(["error"]).iter_rows()
+        for row in rows:
+            total += 1
+            failed += bool(row["error"])
+    else:
+        sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for row in out.iter_rows():
+                total += 1
+                failed += bool(row["error"])
+                print(json.dumps(_result_row(row)), file=sink)
+        finally:
+            if sink is not sys.stdout:
+                sink.close()
+    if args.output:
+        print(f"wrote {total} results to {args.output}", file=sys.stderr)
+    if failed:
+        _error(f"{failed} of {total} images could not be classified (see their 'error' field)")
+        return 1
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import time
+
+    _ray_init(args.ray)
+    from ray import serve
+
+    from . import ray as vray
+
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(vray.deployment(args.model, topk=args.topk, num_replicas=args.replicas,
+                              num_cpus=args.cpus_per_worker, num_threads=args.threads,
+                              max_batch_size=args.batch, device=args.device, dtype=args.dtype),
+              name="vmamba-rt", route_prefix="/")
+    print(f"serving at http://{args.host}:{args.port}/ : POST an image, get its top {args.topk} as JSON "
+          "(Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def _add_model_options(p, *, batch: int, batch_help: str) -> None:
+    p.add_argument("--model", help="weights path or downloaded registry name (default: the bundled digits model)")
+    p.add_argument("--topk", type=_positive, default=5, help="best classes to return per image")
+    p.add_argument("--batch", type=_positive, default=batch, help=batch_help)
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="CPU worker threads per model (0: all cores; default: $VMAMBA_RT_NUM_THREADS or all cores)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="precision (float16 / bfloat16 on cuda only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -193,19 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("classify", help="classify images (files or folders)", formatter_class=fmt)
     k.add_argument("images", nargs="+", metavar="IMG_OR_DIR", help="image files, or folders searched recursively")
-    k.add_argument("--model", help="weights path or downloaded registry name (default: the bundled digits model)")
-    k.add_argument("--topk", type=_positive, default=5, help="best classes to show per image")
-    k.add_argument("--batch", type=_positive, default=8, help="images per forward pass")
+    _add_model_options(k, batch=8, batch_help="images per forward pass")
     k.add_argument("--json", action="store_true", help="one JSON object per image (an 'error' field for failures)")
     k.add_argument("--multi-label", action="store_true",
                    help="independent sigmoid probabilities per class (multi-label heads) instead of softmax")
-    k.add_argument("--threads", type=_threads, default=None,
-                   help="CPU worker threads (0: all cores; default: $VMAMBA_RT_NUM_THREADS or all cores)")
-    k.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
-    k.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="precision (float16 / bfloat16 on cuda only)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     k.set_defaults(func=_cmd_classify)
+
+    b = sub.add_parser("batch", help="classify many images on a Ray cluster (Ray Data)", formatter_class=fmt)
+    b.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders, .txt lists of paths, or Parquet files (path, image or bytes column)")
+    b.add_argument("--ray", metavar="ADDRESS", help="the cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+    b.add_argument("-o", "--output", help="results: a .jsonl file, or a folder of Parquet files (default: JSONL on stdout)")
+    b.add_argument("--workers", type=_positive, default=1, help="model actors (each loads the model once)")
+    b.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs Ray reserves for each actor")
+    _add_model_options(b, batch=16, batch_help="images per batch handed to an actor")
+    b.set_defaults(func=_cmd_batch)
+
+    v = sub.add_parser("serve", help="serve the model over HTTP with Ray Serve", formatter_class=fmt)
+    v.add_argument("--ray", metavar="ADDRESS", help="the cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    v.add_argument("--port", type=_positive, default=8000, help="port to listen on")
+    v.add_argument("--replicas", type=_positive, default=1, help="model replicas")
+    v.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs Ray reserves for each replica")
+    _add_model_options(v, batch=16, batch_help="most requests batched into one forward pass")
+    v.set_defaults(func=_cmd_serve)
 
     m = sub.add_parser("models", help="list the bundled and the official models", formatter_class=fmt)
     m.add_argument("--json", action="store_true", help="one JSON object per model")

@@ -146,9 +146,14 @@ class Model:
         """For a preprocessed batch x (B, 3, H, W), each image's ``topk`` (label,
         probability) pairs, best first. Probabilities are a softmax over the classes,
         or with ``multi_label=True`` an independent sigmoid per class (multi-label heads)."""
+        return self.classify_logits(self(x), topk, multi_label=multi_label)
+
+    def classify_logits(self, logits: np.ndarray, topk: int = 5, *,
+                        multi_label: bool = False) -> list[list[tuple[str, float]]]:
+        """``classify`` for logits already computed (B, num_classes)."""
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise VMambaError(f"topk must be an integer of at least 1, got {topk!r}")
-        logits = self(x).astype(np.float64)
+        logits = np.asarray(logits, dtype=np.float64)
         if multi_label:
             probs = 1.0 / (1.0 + np.exp(-logits))
         else:

@@ -9,6 +9,7 @@ to ``input_size`` x ``input_size``), ``interpolation``, ``mean`` and ``std``.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -161,30 +162,21 @@ def center_crop(img: Image.Image, s: int) -> Image.Image:
 def load_rgb(image) -> Image.Image:
     """Open what users pass as an image and return it as 8-bit RGB.
 
-    Accepts a path, a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
+    Accepts a path, encoded bytes, a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
     EXIF orientation is applied; grayscale, palette and alpha images are converted
     as ``PIL.Image.convert("RGB")`` does (alpha dropped, like the reference loader);
     16-bit images are scaled to 8 bits.
     """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
-        limit = max_pixels()
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open forever
                 raise VMambaError(f"cannot read image {path!r}: not a regular file (a folder, FIFO or device)")
-            with Image.open(path) as im:  # reads the header only
-                w, h = im.size
-                if w * h > limit:
-                    raise VMambaError(
-                        f"cannot read image {path!r}: {w}x{h} pixels is over the limit of {limit} ({MAX_PIXELS_ENV})"
-                    )
-                return _to_rgb(ImageOps.exif_transpose(im))
-        except VMambaError:
-            raise
-        except Image.DecompressionBombError as e:  # Pillow's own cap, at twice its warning size
-            raise VMambaError(f"cannot read image {path!r}: over the limit of {limit} pixels ({MAX_PIXELS_ENV}): {e}") from None
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
-            raise VMambaError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+        except OSError as e:
+            raise VMambaError(f"cannot read image {path!r}: {e}") from None
+        return _decode(path, repr(path))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(bytes(image)), f"of {len(image)} bytes")
     if isinstance(image, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
@@ -194,6 +186,23 @@ def load_rgb(image) -> Image.Image:
             raise VMambaError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
         return _to_rgb(Image.fromarray(image))
     raise TypeError(f"expected an image path, PIL image or uint8 array, got {type(image).__name__}")
+
+
+def _decode(source, name: str) -> Image.Image:
+    """Decode a file or file-like object, refusing it from its header if it is over the pixel limit."""
+    limit = max_pixels()
+    try:
+        with Image.open(source) as im:  # reads the header only
+            w, h = im.size
+            if w * h > limit:
+                raise VMambaError(f"cannot read image {name}: {w}x{h} pixels is over the limit of {limit} ({MAX_PIXELS_ENV})")
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except VMambaError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's own cap, at twice its warning size
+        raise VMambaError(f"cannot read image {name}: over the limit of {limit} pixels ({MAX_PIXELS_ENV}): {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        raise VMambaError(f"cannot read image {name}: {type(e).__name__}: {e}") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

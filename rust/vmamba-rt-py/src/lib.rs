@@ -16,7 +16,7 @@ mod ops;
 mod pickle_scan;
 
 create_exception!(
-    _native,
+    vmamba_rt._native,
     VMambaError,
     PyValueError,
     "Any error raised by vmamba-rt; the message says what and where."
