@@ -28,24 +28,26 @@ HERE = os.path.dirname(__file__)
 
 
 def run_child(code: str, *, address_space: int | None = None, timeout: float = 60) -> dict:
-    """Run Python ``code`` in a child; its exit status, output, wall time and peak RSS (MB)."""
+    """Run Python ``code`` in a child: its exit status, output, wall time and peak RSS in MB
+    (reported by the child itself as it ends, so that other children cannot blur it)."""
     def limit():
         if address_space:
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
+    code = textwrap.dedent(code) + "\nimport resource as _r\nprint('__RSS_KB__', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)\n"
     env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=limit, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
         return {"rc": "timeout", "out": out, "err": err, "seconds": timeout, "rss_mb": None}
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # max over children so far: an upper bound
+    rss = [line.split()[1] for line in out.splitlines() if line.startswith("__RSS_KB__")]
     return {"rc": proc.returncode, "out": out, "err": err, "seconds": time.monotonic() - start,
-            "rss_mb": usage.ru_maxrss / 1024}
+            "rss_mb": int(rss[0]) / 1024 if rss else None}
 
 
 def convert_in_child(src, **limits) -> dict:

@@ -65,16 +65,6 @@ def url(m: dict) -> str:
     return f"{base.rstrip('/')}/{urllib.parse.quote(m['tag'], safe='')}/{m['file']}"
 
 
-def _progress(done: int, total: int | None, stream) -> None:
-    if total:
-        pct = done / total
-        bar = "#" * int(30 * pct)
-        stream.write(f"\r  [{bar:<30}] {done / 1e6:7.1f} / {total / 1e6:.1f} MB")
-    else:
-        stream.write(f"\r  {done / 1e6:7.1f} MB")
-    stream.flush()
-
-
 def _fail(msg: str, *paths: str):
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -115,6 +105,12 @@ def fetch(src_url: str, dst: str, *, sha256: str | None = None, progress: bool |
                 _fail(f"{src_url} is {total} bytes, more than the {max_bytes} expected of this model; "
                       "not a release checkpoint", part)
             done = have
+            bar = None
+            if show:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, file=stream,
+                           desc=os.path.basename(dst), leave=False)
             try:
                 with open(part, "ab" if have else "wb") as f:
                     while chunk := resp.read(_CHUNK):
@@ -127,16 +123,16 @@ def fetch(src_url: str, dst: str, *, sha256: str | None = None, progress: bool |
                             f.close()
                             _fail(f"{src_url} sent more than the {max_bytes} bytes expected of this model; "
                                   "stopped and deleted", part)
-                        if show:
-                            _progress(done, total, stream)
+                        if bar is not None:
+                            bar.update(len(chunk))
             except (http.client.HTTPException, OSError) as e:
                 if done == 0:
                     _fail(f"download of {src_url} failed: {type(e).__name__}: {e}; {_HELP}", part)
                 raise DownloadError(f"download of {src_url} stopped at {done} bytes ({type(e).__name__}); "
                                     "run the same command again to resume") from None
             finally:
-                if show:
-                    stream.write("\n")
+                if bar is not None:
+                    bar.close()
             if total is not None and done != total:
                 raise DownloadError(f"download of {src_url} stopped at {done} of {total} bytes; "
                                     "run the same command again to resume")
