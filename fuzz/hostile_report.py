@@ -7,7 +7,6 @@ time and the child's peak RSS. The files are made by ``tests/hostile.py``.
 """
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
