@@ -236,3 +236,24 @@ def test_readme_snippets_run(tmp_path):
         exec(compile(code, "README", "exec"), {})
     finally:
         os.chdir(cwd)
+
+
+def test_file_format_is_one_definition_and_its_version_is_checked(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    fmt = vmamba_rt._native.FORMAT
+    assert fmt["version"] == 1 and fmt["config"] == "vmamba_rt.config"
+    import importlib
+
+    from vmamba_rt import labels, preprocess
+
+    conv_mod = importlib.import_module("vmamba_rt.convert")  # the package's `convert` is the function
+    assert (conv_mod.META_CONFIG, labels.META_LABELS, preprocess.META_PREPROCESS) == (
+        fmt["config"], fmt["labels"], fmt["preprocess"])
+    with safe_open(vmamba_rt.DEFAULT_MODEL, "numpy") as f:
+        meta = f.metadata()
+    meta[fmt["format"]] = "7"
+    save_file(load_file(vmamba_rt.DEFAULT_MODEL), tmp_path / "future.safetensors", metadata=meta)
+    with pytest.raises(VMambaError, match="future.safetensors.*format 7 by a newer vmamba-rt"):
+        vmamba_rt.load(tmp_path / "future.safetensors")

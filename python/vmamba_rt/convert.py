@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from . import _native
 from .checkpoint import LazyTensor, _short, load_pth
 from .errors import ConversionError, VMambaError
 
-META_CONFIG = "vmamba_rt.config"
-META_CONFIG_SOURCE = "vmamba_rt.config_source"
-META_FORMAT = "vmamba_rt.format"
-FORMAT_VERSION = "1"
+# The header entries of a converted file, as the native core defines them.
+META_CONFIG, META_CONFIG_SOURCE, META_FORMAT = (_native.FORMAT[k] for k in ("config", "config_source", "format"))
+META_SOURCE, META_NAME = _native.FORMAT["source"], _native.FORMAT["name"]
+FORMAT_VERSION = str(_native.FORMAT["version"])
 MAX_STAGES = 8
 MAX_BLOCKS = 1024
 
@@ -38,7 +39,7 @@ class ArchitectureGuessWarning(UserWarning):
     """The architecture was inferred from tensor names and shapes, which cannot
     tell apart variants that share them (scan-order ablations, activations)."""
 
-# Older v0 checkpoints, applied in order (SPEC.md section 7).
+# Older v0 checkpoints, applied in order (docs/model.md §7).
 _LEGACY_RENAMES = [
     (re.compile(r"\.ln_1\."), ".norm."),
     (re.compile(r"\.self_attention\."), ".op."),
@@ -61,7 +62,7 @@ def _has_tensors(obj: Any) -> bool:
 
 def extract_state_dict(ckpt: Any, src: str, ema: bool = False,
                        prefix: str | None = None) -> tuple[dict[str, LazyTensor], str]:
-    """Find the model weights in any of the containers of SPEC.md section 7.
+    """Find the model weights in any of the containers of docs/model.md §7.
 
     Returns the state dict with canonical key names and the name of the part it came from.
     """
@@ -281,8 +282,6 @@ _ARCH_KEYS = ("dims", "depths", "ssm_d_state", "ssm_ratio", "forward_type", "mlp
 
 def check_preset(cfg: dict, preset: str, src: str) -> None:
     """Refuse a checkpoint whose architecture is not the released preset's."""
-    from . import _native
-
     want = json.loads(_native.Model.preset_json(preset))
     diff = {k: (cfg.get(k), want[k]) for k in _ARCH_KEYS if cfg.get(k) != want[k]}
     if diff:
@@ -296,11 +295,11 @@ def default_metadata(cfg: dict) -> dict[str, str]:
 
     if cfg.get("out_indices") is not None:
         return {}
-    meta = {"vmamba_rt.preprocess": Preprocess().to_json()}
+    meta = {_native.FORMAT["preprocess"]: Preprocess().to_json()}
     if cfg.get("num_classes") == 1000:
         from .labels import imagenet_labels
 
-        meta["vmamba_rt.labels"] = json.dumps(imagenet_labels())
+        meta[_native.FORMAT["labels"]] = json.dumps(imagenet_labels())
     return meta
 
 
@@ -373,8 +372,6 @@ def _with_head(cfg: dict, sd: dict, src: str) -> dict:
 
 def _validated(cfg: dict, src: str) -> dict:
     """The config as the runtime reads it, or a ConversionError saying which field is wrong."""
-    from . import _native
-
     try:
         return json.loads(_native.normalize_config(json.dumps(cfg)))
     except (VMambaError, TypeError, ValueError) as e:
@@ -438,8 +435,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False
     """
     from safetensors.numpy import save_file
 
-    from . import _native
-
     src, dst = os.fspath(src), os.fspath(dst)
     if preset is not None and config is not None:
         raise ConversionError("give preset or config, not both")
@@ -474,10 +469,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False
     cfg = _validated(cfg, src)
     tensors = {k: _to_f32(v, k) for k, v in sd.items()}
     meta = {META_FORMAT: FORMAT_VERSION, META_CONFIG: json.dumps(cfg), META_CONFIG_SOURCE: source,
-            "vmamba_rt.source": f"{os.path.basename(src)}:{part}"}
+            META_SOURCE: f"{os.path.basename(src)}:{part}"}
     meta.update(default_metadata(cfg))
     if preset is not None:
-        meta["vmamba_rt.name"] = preset
+        meta[META_NAME] = preset
     meta.update(metadata or {})
 
     out_dir = os.path.dirname(os.path.abspath(dst))

@@ -6,7 +6,9 @@ import functools
 import json
 from importlib import resources
 
-META_LABELS = "vmamba_rt.labels"
+from ._native import FORMAT
+
+META_LABELS = FORMAT["labels"]
 
 
 @functools.lru_cache(maxsize=1)

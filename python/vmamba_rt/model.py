@@ -71,7 +71,7 @@ class Model:
 
     @classmethod
     def random(cls, arch: str | dict, *, seed: int = 0, num_threads: int | None = None) -> "Model":
-        """A model with random weights: ``arch`` is a preset name (SPEC.md section 6,
+        """A model with random weights: ``arch`` is a preset name (docs/model.md §6,
         e.g. ``"vmamba-tiny-s1l8"``) or a config dict. For benchmarks and tests."""
         try:
             cfg = _native.Model.preset_json(arch) if isinstance(arch, str) else json.dumps(arch)

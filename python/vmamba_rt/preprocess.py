@@ -1,5 +1,5 @@
 """Image preprocessing that reproduces the official evaluation transform
-(SPEC.md section 8), configured per model from the weights' metadata.
+(docs/model.md §8), configured per model from the weights' metadata.
 
 Per-model settings live in the header entry ``vmamba_rt.preprocess`` as JSON:
 ``input_size``, ``resize`` ("crop": scale the shorter side to
@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import _native
 from .errors import VMambaError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-META_PREPROCESS = "vmamba_rt.preprocess"
+META_PREPROCESS = _native.FORMAT["preprocess"]
 
 # Largest image (width x height) decoded, or produced by the resize step. The
 # default is Pillow's decompression-bomb limit; the Rust path uses the same.

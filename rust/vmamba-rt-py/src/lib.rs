@@ -254,6 +254,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_pickle, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_config, m)?)?;
     m.add("VMambaError", m.py().get_type::<VMambaError>())?;
+    let format = PyDict::new(m.py());
+    format.set_item("version", vmamba_rt::format::FORMAT_VERSION)?;
+    for (short, key) in vmamba_rt::format::ENTRIES {
+        format.set_item(short, key)?;
+    }
+    m.add("FORMAT", format)?;
     ops::register(m)?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Architecture description of a VMamba model (SPEC.md sections 1-6) and the
+//! Architecture description of a VMamba model (docs/model.md §1-6) and the
 //! released presets. Field names follow the official `VSSM` constructor, so the
 //! JSON stored in converted weights reads like the official kwargs.
 
@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// How SS2D combines the scanned signal (SPEC.md section 5).
+/// How SS2D combines the scanned signal (docs/model.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardType {
     /// Vanilla VMamba: `in_proj` yields `[x, z]` and the output is gated by `SiLU(z)`.
@@ -17,7 +17,7 @@ pub enum ForwardType {
     V05NoZ,
 }
 
-/// Patch-embedding stem (SPEC.md section 2).
+/// Patch-embedding stem (docs/model.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StemVersion {
     /// Conv k4 s4 -> LayerNorm.
@@ -28,7 +28,7 @@ pub enum StemVersion {
     V2,
 }
 
-/// Downsampling between stages (SPEC.md section 3).
+/// Downsampling between stages (docs/model.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DownsampleVersion {
     /// Patch merging: 2x2 concat -> LayerNorm -> Linear.
@@ -295,7 +295,7 @@ impl Config {
         total + (self.num_classes as f64 + 2.0) * self.stage_dim(n_stages - 1) as f64
     }
 
-    /// Names of the released configurations (SPEC.md section 6).
+    /// Names of the released configurations (docs/model.md §6).
     pub const PRESETS: [&'static str; 9] = [
         "vanilla-vmamba-tiny",
         "vanilla-vmamba-small",

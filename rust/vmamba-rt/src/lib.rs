@@ -34,6 +34,7 @@
 
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod kernels;
 pub mod memory;
 pub mod model;

@@ -1,5 +1,5 @@
 //! Image preprocessing that reproduces the official evaluation transform
-//! (SPEC.md section 8) and the Python package's `vmamba_rt.preprocess`, driven
+//! (docs/model.md §8) and the Python package's `vmamba_rt.preprocess`, driven
 //! by the same `vmamba_rt.preprocess` metadata. Resampling follows Pillow's
 //! separable, antialiased convolution with its 22-bit fixed-point weights, so
 //! results agree with the Python path pixel for pixel or within 1/255.
@@ -10,8 +10,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// Metadata key holding the preprocessing settings as JSON.
-pub const META_PREPROCESS: &str = "vmamba_rt.preprocess";
+pub use crate::format::META_PREPROCESS;
 
 /// Largest image (width x height) decoded or produced by resizing, unless the
 /// environment variable [`MAX_PIXELS_ENV`] says otherwise. It is Pillow's

@@ -11,8 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 
-/// Metadata key holding the architecture config as JSON.
-pub const META_CONFIG: &str = "vmamba_rt.config";
+pub use crate::format::META_CONFIG;
 
 /// Backing bytes of a weights file.
 enum Storage {

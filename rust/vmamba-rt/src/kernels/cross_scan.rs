@@ -1,4 +1,4 @@
-//! Reference cross-scan and cross-merge (SPEC.md section 5, steps 1 and 4) on
+//! Reference cross-scan and cross-merge (docs/model.md §5, steps 1 and 4) on
 //! channel-first maps, as the official implementation lays them out. The fast
 //! path never materialises these copies: it walks the four orders inside the
 //! scan (`scan::cross_selective_scan`). These exist to test that path.

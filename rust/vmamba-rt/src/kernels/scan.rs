@@ -1,4 +1,4 @@
-//! The selective scan (SPEC.md section 5, step 3).
+//! The selective scan (docs/model.md §5, step 3).
 //!
 //! `selective_scan_ref` is the plain recurrence in the official layout.
 //! `cross_selective_scan` is the hot kernel of the model: it runs all four

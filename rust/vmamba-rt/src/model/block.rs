@@ -1,4 +1,4 @@
-//! The VSS block (SPEC.md section 4): pre-norm residual SS2D, then an optional MLP.
+//! The VSS block (docs/model.md §4): pre-norm residual SS2D, then an optional MLP.
 
 use super::layers::{Linear, Map, Norm};
 use super::ss2d::Ss2d;

@@ -1,4 +1,4 @@
-//! Downsampling between stages (SPEC.md section 3): width C -> 2C, stride 2.
+//! Downsampling between stages (docs/model.md §3): width C -> 2C, stride 2.
 
 use rayon::prelude::*;
 
@@ -39,6 +39,14 @@ impl Downsample {
         match self {
             Downsample::Merge { .. } => Some((h.div_ceil(2), w.div_ceil(2))),
             Downsample::Conv { conv, .. } => conv.out_hw(h, w),
+        }
+    }
+
+    /// Smallest input side that yields `need` output pixels along it.
+    pub fn min_in(&self, need: usize) -> usize {
+        match self {
+            Downsample::Merge { .. } => 2 * need.max(1) - 1,
+            Downsample::Conv { conv, .. } => conv.min_in(need),
         }
     }
 

@@ -139,6 +139,14 @@ impl Conv2d {
         })
     }
 
+    /// Smallest input side that yields at least `need` output pixels along it:
+    /// `floor((n + 2p - k) / s) + 1 >= need` solved for n.
+    pub fn min_in(&self, need: usize) -> usize {
+        ((need.max(1) - 1) * self.stride + self.k)
+            .saturating_sub(2 * self.pad)
+            .max(1)
+    }
+
     pub fn forward(&self, x: &Map) -> Map {
         debug_assert_eq!(x.c, self.cin);
         let (ho, wo) = self

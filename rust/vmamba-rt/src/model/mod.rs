@@ -1,4 +1,4 @@
-//! The VMamba network (SPEC.md section 1), top to bottom:
+//! The VMamba network (docs/model.md §1), top to bottom:
 //! stem -> stages of VSS blocks with downsampling -> classifier head, or, for
 //! detection / segmentation backbones, the normed outputs of selected stages.
 
@@ -23,8 +23,7 @@ use crate::error::{Error, Result};
 use crate::preprocess::Preprocess;
 use crate::weights::{Weights, META_CONFIG};
 
-/// Metadata key holding the class names as a JSON list.
-pub const META_LABELS: &str = "vmamba_rt.labels";
+pub use crate::format::META_LABELS;
 
 /// Environment variable that sets the number of worker threads (default: all cores).
 pub const THREADS_ENV: &str = "VMAMBA_RT_NUM_THREADS";
@@ -99,6 +98,7 @@ impl VMamba {
 
     fn from_file(path: &Path, ws: Weights) -> Result<Self> {
         let build = || {
+            crate::format::check_version(ws.metadata())?;
             let text = ws.metadata().get(META_CONFIG).ok_or_else(|| {
                 Error::Config(format!(
                     "no '{META_CONFIG}' entry in the header metadata; convert the checkpoint with `vmamba-rt convert`"
@@ -348,9 +348,16 @@ impl VMamba {
         size.is_some()
     }
 
-    /// Smallest square input side the model accepts.
+    /// Smallest square input side the model accepts: one pixel after the last
+    /// stage, traced back through every downsample and the stem.
     pub fn min_size(&self) -> usize {
-        (1..=64).find(|&s| self.fits(s, s)).unwrap_or(64)
+        let need = self
+            .stages
+            .iter()
+            .rev()
+            .filter_map(|st| st.downsample.as_ref())
+            .fold(1, |need, ds| ds.min_in(need));
+        self.stem.min_in(need)
     }
 
     fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
@@ -568,4 +575,34 @@ fn transpose_images(x: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32> {
             }
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DownsampleVersion;
+
+    #[test]
+    fn min_size_is_exact_for_every_stem_and_downsample() {
+        let mut configs: Vec<Config> = Config::PRESETS
+            .iter()
+            .map(|n| Config::preset(n).unwrap())
+            .collect();
+        // Eight stages of v2 downsampling: the smallest input is far above 64.
+        let mut deep = Config::preset("vmamba-tiny-s1l8").unwrap();
+        (deep.dims, deep.depths, deep.downsample_version) = (2, vec![0; 8], DownsampleVersion::V2);
+        configs.push(deep);
+        for mut cfg in configs {
+            cfg.dims = cfg.dims.min(8);
+            cfg.depths.iter_mut().for_each(|d| *d = 0);
+            let model = VMamba::random(cfg.clone(), 0).unwrap();
+            let m = model.min_size();
+            assert!(model.fits(m, m), "{cfg:?}: {m} does not fit");
+            assert!(
+                m == 1 || !model.fits(m - 1, m - 1),
+                "{cfg:?}: {} fits",
+                m - 1
+            );
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! SS2D, the 2-D selective scan (SPEC.md section 5).
+//! SS2D, the 2-D selective scan (docs/model.md §5).
 
 use super::layers::{Linear, Norm};
 use crate::config::{Config, ForwardType};

@@ -1,4 +1,4 @@
-//! Patch embedding (SPEC.md section 2): the image to stride-4 features of width C0.
+//! Patch embedding (docs/model.md §2): the image to stride-4 features of width C0.
 
 use super::layers::{Conv2d, Map, Norm};
 use crate::config::{Config, StemVersion};
@@ -50,6 +50,14 @@ impl Stem {
             Stem::V2 { conv1, conv2, .. } => {
                 conv1.out_hw(h, w).and_then(|(h, w)| conv2.out_hw(h, w))
             }
+        }
+    }
+
+    /// Smallest input side that yields `need` output pixels along it.
+    pub fn min_in(&self, need: usize) -> usize {
+        match self {
+            Stem::V1 { conv, .. } => conv.min_in(need),
+            Stem::V2 { conv1, conv2, .. } => conv1.min_in(conv2.min_in(need)),
         }
     }
 
