@@ -5,6 +5,7 @@
 mod block;
 mod downsample;
 mod layers;
+mod runtime;
 mod ss2d;
 mod stem;
 
@@ -20,7 +21,6 @@ use stem::Stem;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::preprocess::Preprocess;
 use crate::weights::{Weights, META_CONFIG};
 
 pub use crate::format::META_LABELS;
@@ -60,18 +60,6 @@ pub struct VMamba {
     stages: Vec<Stage>,
     head: Option<Head>,
     pool: Option<Arc<rayon::ThreadPool>>,
-}
-
-impl std::fmt::Debug for VMamba {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut keys: Vec<&String> = self.metadata.keys().collect();
-        keys.sort();
-        f.debug_struct("VMamba")
-            .field("config", &self.config)
-            .field("metadata", &keys)
-            .field("threads", &self.num_threads())
-            .finish()
-    }
 }
 
 impl VMamba {
@@ -207,137 +195,6 @@ impl VMamba {
         &self.metadata
     }
 
-    /// Class names from the weights' metadata (`vmamba_rt.labels`), else "0", "1", ...
-    pub fn labels(&self) -> Vec<String> {
-        let n = self.config.num_classes;
-        self.metadata
-            .get(META_LABELS)
-            .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
-            .filter(|l| l.len() == n)
-            .unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect())
-    }
-
-    /// The model's preprocessing settings (from metadata; ImageNet defaults when absent).
-    pub fn preprocess(&self) -> Result<Preprocess> {
-        Preprocess::from_metadata(&self.metadata)
-    }
-
-    /// The `k` most probable classes of one row of logits, as (label, probability), best first.
-    pub fn top_k(&self, logits: &[f32], k: usize) -> Vec<(String, f32)> {
-        let labels = self.labels();
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let exps: Vec<f64> = logits.iter().map(|&v| ((v - max) as f64).exp()).collect();
-        let total: f64 = exps.iter().sum();
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]));
-        idx.into_iter()
-            .take(k)
-            .map(|i| {
-                (
-                    labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
-                    (exps[i] / total) as f32,
-                )
-            })
-            .collect()
-    }
-
-    /// Decode, preprocess and classify one image file: the `k` best (label, probability).
-    ///
-    /// ```
-    /// let model = vmamba_rt::VMamba::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors"))?;
-    /// let image = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/digit_3.png");
-    /// let top = model.classify_file(image, 3)?; // e.g. [("3", 0.92), ("1", 0.01), ("8", 0.01)]
-    /// assert_eq!(top.len(), 3);
-    /// assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
-    /// # Ok::<(), vmamba_rt::Error>(())
-    /// ```
-    #[cfg(feature = "image")]
-    pub fn classify_file(&self, path: impl AsRef<Path>, k: usize) -> Result<Vec<(String, f32)>> {
-        let pre = self.preprocess()?;
-        let x = pre.apply(&crate::preprocess::load_rgb(path)?)?;
-        let s = pre.input_size;
-        let logits = self.forward(&x, [1, 3, s, s])?;
-        Ok(self.top_k(&logits, k))
-    }
-
-    /// Run on `n` worker threads (0: rayon's global pool, all cores; at most 1024).
-    pub fn set_num_threads(&mut self, n: usize) -> Result<()> {
-        if n > Self::MAX_THREADS {
-            return Err(Error::Usage(format!(
-                "num_threads must be 0 (all cores) to {}, got {n}",
-                Self::MAX_THREADS
-            )));
-        }
-        self.pool = if n == 0 {
-            None
-        } else {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .thread_name(|i| format!("vmamba-rt-{i}"))
-                .build()
-                .map_err(|e| Error::Usage(format!("cannot start {n} threads: {e}")))?;
-            Some(Arc::new(pool))
-        };
-        Ok(())
-    }
-
-    /// Most worker threads a model may be given.
-    pub const MAX_THREADS: usize = 1024;
-
-    fn num_threads(&self) -> usize {
-        match &self.pool {
-            Some(p) => p.current_num_threads(),
-            None => rayon::current_num_threads(),
-        }
-    }
-
-    /// Bytes one image of `h` x `w` holds at the peak of a forward pass (the
-    /// buffers of the widest step, all counted as live at once: an upper estimate),
-    /// and the bytes of its stage outputs (what `features` returns, stacked).
-    fn image_bytes(&self, h: usize, w: usize) -> (f64, f64) {
-        let cfg = &self.config;
-        let (hw, c0) = (h as f64 * w as f64, cfg.dims as f64);
-        // The input in channel-last order, the stem's im2col buffers and outputs.
-        let mut peak = hw * (13.0 + c0);
-        let mut outputs = 0.0;
-        let mut size = self.stem.out_hw(h, w);
-        for (i, st) in self.stages.iter().enumerate() {
-            let Some((sh, sw)) = size else { break };
-            let rows = sh as f64 * sw as f64;
-            let c = cfg.stage_dim(i);
-            let (di, n, r) = (cfg.d_inner(c), cfg.ssm_d_state, cfg.dt_rank(c));
-            // SS2D: projections, conv output, x_dbl, deltas, the scan's own
-            // channel-first copies and its output.
-            let ssm = if cfg.ssm_ratio > 0.0 {
-                15 * di + 4 * r + 16 * n
-            } else {
-                0
-            };
-            let mlp = c + cfg.mlp_hidden(c);
-            peak = peak.max(rows * (2 * c + ssm.max(mlp)) as f64);
-            outputs += 2.0 * rows * c as f64;
-            if let Some(ds) = &st.downsample {
-                size = ds.out_hw(sh, sw);
-                if let Some((oh, ow)) = size {
-                    peak = peak.max(rows * c as f64 + oh as f64 * ow as f64 * (13 * c) as f64);
-                }
-            }
-        }
-        (peak * 4.0 * 1.25, outputs * 4.0)
-    }
-
-    /// Refuse an input whose forward pass would need more memory than there is.
-    fn check_memory(&self, shape: [usize; 4]) -> Result<()> {
-        let [b, _, h, w] = shape;
-        let workers = self.num_threads().min(b);
-        let at_once = if workers <= 1 { b } else { workers };
-        let (work, out) = self.image_bytes(h, w);
-        let need = at_once as f64 * work + b as f64 * out;
-        crate::memory::ensure(need.min(u64::MAX as f64) as u64, || {
-            format!("a forward pass on input {shape:?}")
-        })
-    }
-
     /// Whether an input of `h` x `w` leaves every stage at least one pixel: each
     /// strided convolution's window must fit (patch merging always fits).
     fn fits(&self, h: usize, w: usize) -> bool {
@@ -358,43 +215,6 @@ impl VMamba {
             .filter_map(|st| st.downsample.as_ref())
             .fold(1, |need, ds| ds.min_in(need));
         self.stem.min_in(need)
-    }
-
-    fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
-        let [b, c, h, w] = shape;
-        if b == 0 {
-            return Err(Error::Input("empty batch (B = 0)".into()));
-        }
-        if c != self.config.in_chans {
-            return Err(Error::Input(format!(
-                "expected {} input channels, got {c} (input shape {shape:?})",
-                self.config.in_chans
-            )));
-        }
-        let want = b
-            .checked_mul(c)
-            .and_then(|v| v.checked_mul(h))
-            .and_then(|v| v.checked_mul(w));
-        if want != Some(x.len()) {
-            return Err(Error::Input(format!(
-                "input holds {} values but shape {shape:?} needs {want:?}",
-                x.len()
-            )));
-        }
-        if !self.fits(h, w) {
-            let m = self.min_size();
-            return Err(Error::Input(format!(
-                "input of {h}x{w} pixels is too small for this model (needs at least {m}x{m})"
-            )));
-        }
-        self.check_memory(shape)
-    }
-
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
     }
 
     /// Stem and stages; calls `tap(i, map)` with each stage's output before its downsample.
@@ -470,50 +290,6 @@ impl VMamba {
             out.iter_mut().for_each(|v| *v /= hw as f32);
         }
         pooled
-    }
-
-    /// Run `f` on each image of the batch. One image uses every thread; a batch
-    /// gives each worker thread whole images, each run single-threaded: no
-    /// synchronisation inside the network and a working set that stays in cache.
-    fn per_image<T: Send>(
-        &self,
-        x: &[f32],
-        shape: [usize; 4],
-        f: impl Fn(&[f32], [usize; 4]) -> T + Sync,
-    ) -> Vec<T> {
-        let [b, c, h, w] = shape;
-        let workers = rayon::current_num_threads().min(b);
-        if workers <= 1 {
-            return vec![f(x, shape)];
-        }
-        let img = c * h * w;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<Option<T>> = (0..b).map(|_| None).collect();
-        let slots = std::sync::Mutex::new(&mut results);
-        // Plain OS threads that block while their one-thread pool works: a rayon
-        // worker would spin-steal meanwhile and compete for the cores.
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    let solo = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .expect("one thread");
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= b {
-                            break;
-                        }
-                        let out = solo.install(|| f(&x[i * img..(i + 1) * img], [1, c, h, w]));
-                        slots.lock().expect("results lock")[i] = Some(out);
-                    }
-                });
-            }
-        });
-        results
-            .into_iter()
-            .map(|r| r.expect("every image ran"))
-            .collect()
     }
 
     /// Feature maps (NCHW). Backbones: one per `out_indices` stage, after its
