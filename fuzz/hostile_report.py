@@ -54,14 +54,18 @@ except MemoryError as e:
 """
 
 
+REPORT_RSS = "\nimport resource\nprint('__RSS_KB__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+
+
 def measure(code: str, arg: str = "") -> tuple[str, float, float, int]:
+    """Result line, wall time, the child's own peak RSS (MB) and exit code."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", code, arg], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", code + REPORT_RSS, arg], capture_output=True, text=True)
     seconds = time.monotonic() - start
-    out = proc.stdout.read().strip() or proc.stderr.read().strip()[-90:]
-    return out, seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    lines = proc.stdout.strip().splitlines()
+    rss = [int(line.split()[1]) / 1024 for line in lines if line.startswith("__RSS_KB__")]
+    out = next((line for line in lines if not line.startswith("__RSS_KB__")), proc.stderr.strip()[-90:])
+    return out, seconds, rss[0] if rss else float("nan"), proc.returncode
 
 
 def main() -> None:
