@@ -189,6 +189,14 @@ def _ray_init(address: str | None):
         import ray
     except ImportError:
         raise OSError("Ray is not installed: pip install 'vmamba-rt[ray]'") from None
+    host, _, port = (address or "").rpartition(":")
+    if host and port.isdigit():  # Ray retries an unreachable address for minutes: fail fast instead
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as e:
+            raise OSError(f"cannot reach a Ray cluster at {address}: {e}") from None
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     return ray
 
@@ -201,29 +209,37 @@ def _cmd_batch(args) -> int:
     out = vray.classify_dataset(ds, args.model, topk=args.topk, concurrency=args.workers, batch_size=args.batch,
                                 num_cpus=args.cpus_per_worker, num_threads=args.threads, device=args.device,
                                 dtype=args.dtype)
-    failed = total = 0
-    if args.output and not args.output.endswith(".jsonl"):
-        out.write_parquet(args.output)  # a folder of Parquet files, written by the workers
-        rows = ray.data.read_parquet(args.output).select_columns(["error"]).iter_rows()
-        for row in rows:
-            total += 1
-            failed += bool(row["error"])
-    else:
-        sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-        try:
-            for row in out.iter_rows():
-                total += 1
-                failed += bool(row["error"])
-                print(json.dumps(_result_row(row)), file=sink)
-        finally:
-            if sink is not sys.stdout:
-                sink.close()
+    try:
+        total, failed = _write_results(ray, out, args.output)
+    except ray.exceptions.RayError as e:  # a worker failed; its own error ends the message
+        raise OSError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:500]}") from None
     if args.output:
         print(f"wrote {total} results to {args.output}", file=sys.stderr)
     if failed:
         _error(f"{failed} of {total} images could not be classified (see their 'error' field)")
         return 1
     return 0
+
+
+def _write_results(ray, out, output: str | None) -> tuple[int, int]:
+    """Results to a folder of Parquet files, a JSONL file, or stdout: (count, failed)."""
+    failed = total = 0
+    if output and not output.endswith(".jsonl"):
+        out.write_parquet(output)  # a folder of Parquet files, written by the workers
+        for row in ray.data.read_parquet(output).select_columns(["error"]).iter_rows():
+            total += 1
+            failed += bool(row["error"])
+        return total, failed
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        for row in out.iter_rows():
+            total += 1
+            failed += bool(row["error"])
+            print(json.dumps(_result_row(row)), file=sink)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return total, failed
 
 
 def _cmd_serve(args) -> int:
@@ -247,6 +263,11 @@ def _cmd_serve(args) -> int:
     except KeyboardInterrupt:
         serve.shutdown()
     return 0
+
+
+def _add_ray_options(p, worker: str) -> None:
+    p.add_argument("--ray", metavar="ADDRESS", help="the cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help=f"CPUs Ray reserves for each {worker}")
 
 
 def _add_model_options(p, *, batch: int, batch_help: str) -> None:
@@ -292,19 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="classify many images on a Ray cluster (Ray Data)", formatter_class=fmt)
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders, .txt lists of paths, or Parquet files (path, image or bytes column)")
-    b.add_argument("--ray", metavar="ADDRESS", help="the cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+    _add_ray_options(b, "actor")
     b.add_argument("-o", "--output", help="results: a .jsonl file, or a folder of Parquet files (default: JSONL on stdout)")
     b.add_argument("--workers", type=_positive, default=1, help="model actors (each loads the model once)")
-    b.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs Ray reserves for each actor")
     _add_model_options(b, batch=16, batch_help="images per batch handed to an actor")
     b.set_defaults(func=_cmd_batch)
 
     v = sub.add_parser("serve", help="serve the model over HTTP with Ray Serve", formatter_class=fmt)
-    v.add_argument("--ray", metavar="ADDRESS", help="the cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+    _add_ray_options(v, "replica")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on")
     v.add_argument("--port", type=_positive, default=8000, help="port to listen on")
     v.add_argument("--replicas", type=_positive, default=1, help="model replicas")
-    v.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs Ray reserves for each replica")
     _add_model_options(v, batch=16, batch_help="most requests batched into one forward pass")
     v.set_defaults(func=_cmd_serve)
 

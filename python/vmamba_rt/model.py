@@ -154,6 +154,8 @@ class Model:
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise VMambaError(f"topk must be an integer of at least 1, got {topk!r}")
         logits = np.asarray(logits, dtype=np.float64)
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise VMambaError(f"logits must be (B, {len(self.labels)}); got shape {logits.shape}")
         if multi_label:
             probs = 1.0 / (1.0 + np.exp(-logits))
         else:

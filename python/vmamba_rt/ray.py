@@ -25,12 +25,8 @@ INPUT_COLUMNS = ("image", "path", "bytes")
 
 
 def _decoded(value):
-    """What a batch cell holds, as something ``Preprocess`` reads."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-        return value
-    return os.fspath(value) if isinstance(value, (str, os.PathLike)) else str(value)
+    """What a batch cell holds, as ``Preprocess`` reads it (anything else it refuses by type)."""
+    return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
 
 
 class Predictor:
@@ -112,7 +108,11 @@ def read_inputs(inputs: list[str]):
     if parquet:
         if len(parquet) != len(inputs):
             raise VMambaError("give either Parquet files or images, not both")
-        return ray.data.read_parquet(parquet)
+        ds = ray.data.read_parquet(parquet)
+        columns = ds.schema().names
+        if not set(columns) & set(INPUT_COLUMNS):
+            raise VMambaError(f"{parquet}: a column named one of {INPUT_COLUMNS} is needed; found {columns}")
+        return ds
     paths = []
     for p in inputs:
         if p.endswith(".txt") and os.path.isfile(p):

@@ -6,22 +6,18 @@ use numpy::{
 };
 use pyo3::prelude::*;
 
-use crate::{guarded, VMambaError};
+use vmamba_rt::kernels::{cross_scan, scan};
 
-fn shape_error(msg: String) -> PyErr {
-    VMambaError::new_err(msg)
-}
+use crate::{guarded, VMambaError};
 
 fn nonempty(name: &str, shape: &[usize]) -> PyResult<()> {
     if shape.contains(&0) {
-        return Err(shape_error(format!(
+        return Err(VMambaError::new_err(format!(
             "{name} has an empty dimension: shape {shape:?}"
         )));
     }
     Ok(())
 }
-
-use vmamba_rt::kernels::{cross_scan, scan};
 
 /// Selective scan in the official layout: u, delta (B, K*Di, L); A (K*Di, N);
 /// B, C (B, K, N, L); D, delta_bias (K*Di); softplus applied to delta + delta_bias.
@@ -50,13 +46,13 @@ fn selective_scan<'py>(
             ("delta_bias", delta_bias.shape(), vec![kd]),
         ];
         if k == 0 || !kd.is_multiple_of(k) {
-            return Err(shape_error(format!(
+            return Err(VMambaError::new_err(format!(
                 "u has K*Di = {kd} channels, not a multiple of B's K = {k}"
             )));
         }
         for (name, got, want) in expect {
             if got != want.as_slice() {
-                return Err(shape_error(format!(
+                return Err(VMambaError::new_err(format!(
                     "{name} has shape {got:?}, expected {want:?} (from u {:?} and B {:?})",
                     [bs, kd, l],
                     [bs, k, n, l]
@@ -124,7 +120,7 @@ fn cross_merge_ref<'py>(
         };
         nonempty("ys", ys.shape())?;
         if k != 4 {
-            return Err(shape_error(format!(
+            return Err(VMambaError::new_err(format!(
                 "ys must hold 4 directions (B, 4, C, H, W), got shape {:?}",
                 [b, k, c, h, w]
             )));

@@ -16,8 +16,6 @@
 //! It runs in linear time over the bytes. What the globals are is the reader's
 //! business (`checkpoint.py` allows a fixed table); this scan is about size.
 
-use std::collections::HashMap;
-
 /// Why a pickle was refused, with the byte offset of the opcode at fault.
 #[derive(Debug)]
 pub struct Refusal {
@@ -86,7 +84,8 @@ impl<'a> Walker<'a> {
 struct Shadow {
     stack: Vec<u32>,
     marks: Vec<usize>,
-    memo: HashMap<u64, u32>,
+    /// Depth of each memo slot; picklers number slots 0, 1, 2, ... in order.
+    memo: Vec<u32>,
     max_depth: u32,
 }
 
@@ -149,12 +148,15 @@ impl Shadow {
             ));
         }
         let d = *self.top(w)?;
-        self.memo.insert(idx, d);
+        match self.memo.get_mut(idx as usize) {
+            Some(slot) => *slot = d,
+            None => self.memo.push(d),
+        }
         Ok(())
     }
 
     fn get(&mut self, w: &Walker, idx: u64) -> Scan<()> {
-        match self.memo.get(&idx) {
+        match usize::try_from(idx).ok().and_then(|i| self.memo.get(i)) {
             Some(&d) => self.push(w, d),
             None => w.fail(format!("memo index {idx} read before it was stored")),
         }
@@ -181,7 +183,7 @@ pub fn scan(data: &[u8], max_depth: u32, max_ops: usize) -> Scan<usize> {
     let mut sh = Shadow {
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
+        memo: Vec::new(),
         max_depth,
     };
     let mut ops = 0usize;

@@ -78,14 +78,14 @@ pub fn ensure(bytes: u64, what: impl FnOnce() -> String) -> Result<()> {
     Ok(())
 }
 
-/// A zero-filled vector of `len` elements, or [`Error::OutOfMemory`].
-pub fn zeros<T: Clone + Default>(len: usize, what: impl FnOnce() -> String) -> Result<Vec<T>> {
+/// An empty vector with room for `len` elements, checked by [`ensure`] first;
+/// [`Error::OutOfMemory`] if either refuses.
+pub fn reserve<T>(len: usize, what: impl Fn() -> String) -> Result<Vec<T>> {
     let bytes = (len as u64).saturating_mul(std::mem::size_of::<T>() as u64);
-    ensure(bytes, what)?;
+    ensure(bytes, &what)?;
     let mut v = Vec::new();
     v.try_reserve_exact(len)
-        .map_err(|_| Error::OutOfMemory(format!("{len} elements could not be allocated")))?;
-    v.resize(len, T::default());
+        .map_err(|_| Error::OutOfMemory(format!("{} could not be allocated", what())))?;
     Ok(v)
 }
 
@@ -98,7 +98,7 @@ mod tests {
         let err = ensure(u64::MAX / 2, || "a test buffer".into()).unwrap_err();
         assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
         assert!(err.to_string().contains("a test buffer"), "{err}");
-        assert!(zeros::<f32>(usize::MAX / 8, || "x".into()).is_err());
-        assert_eq!(zeros::<f32>(3, || "x".into()).unwrap(), vec![0.0; 3]);
+        assert!(reserve::<f32>(usize::MAX / 8, || "x".into()).is_err());
+        assert!(reserve::<f32>(3, || "x".into()).unwrap().capacity() >= 3);
     }
 }

@@ -126,11 +126,10 @@ impl Weights {
         let path = path.as_ref();
         let mut file = open_regular(path)?;
         let len = file.metadata().map_err(|e| io_error(path, e))?.len();
-        crate::memory::ensure(len, || format!("reading {}", path.display()))?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len as usize)
-            .map_err(|_| Error::OutOfMemory(format!("reading {}", path.display())))?;
+        let mut bytes =
+            crate::memory::reserve::<u8>(usize::try_from(len).unwrap_or(usize::MAX), || {
+                format!("reading {}", path.display())
+            })?;
         file.read_to_end(&mut bytes)
             .map_err(|e| io_error(path, e))?;
         Self::from_storage(Storage::Owned(bytes), &path.display().to_string())
@@ -200,13 +199,12 @@ impl Weights {
     }
 
     fn make_up(seed: u64, name: &str, shape: &[usize]) -> Result<Param> {
+        let what = || format!("tensor '{name}' of shape {shape:?}");
         let len = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::OutOfMemory(format!("tensor '{name}' of shape {shape:?}")))?;
-        crate::memory::ensure(len as u64 * 4, || {
-            format!("tensor '{name}' of shape {shape:?}")
-        })?;
+            .ok_or_else(|| Error::OutOfMemory(what()))?;
+        let mut data = crate::memory::reserve::<f32>(len, what)?;
         let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f32;
         let mut state = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
@@ -219,18 +217,16 @@ impl Weights {
         };
         let last = name.rsplit('.').next().unwrap_or(name);
         let is_norm = name.contains("norm");
-        let mut data: Vec<f32> = Vec::new();
-        data.try_reserve_exact(len)
-            .map_err(|_| Error::OutOfMemory(format!("tensor '{name}' of shape {shape:?}")))?;
-        // The same sequence of draws as a plain per-kind fill (seeded outputs stay put).
-        data.extend((0..len).map(|i| match last {
-            "A_logs" => ((i % shape[1]) as f32 + 1.0).ln(),
-            "Ds" => 1.0,
-            "weight" if is_norm => 1.0,
-            "bias" if is_norm => 0.0,
-            "dt_projs_bias" => -4.0 + uniform(),
-            _ => uniform() * (3.0 / fan_in).sqrt(),
-        }));
+        // The kind is decided once; the draws come in the same order as ever (seeded outputs stay put).
+        let scale = (3.0 / fan_in).sqrt();
+        match last {
+            "A_logs" => data.extend((0..len).map(|i| ((i % shape[1]) as f32 + 1.0).ln())),
+            "Ds" => data.resize(len, 1.0),
+            "weight" if is_norm => data.resize(len, 1.0),
+            "bias" if is_norm => data.resize(len, 0.0),
+            "dt_projs_bias" => data.extend((0..len).map(|_| -4.0 + uniform())),
+            _ => data.extend((0..len).map(|_| uniform() * scale)),
+        }
         Ok(Param::owned(data, shape.to_vec()))
     }
 

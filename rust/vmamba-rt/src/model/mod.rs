@@ -171,9 +171,9 @@ impl VMamba {
     pub fn random(config: Config, seed: u64) -> Result<Self> {
         config.validate()?;
         // Every weight is made up, and some are re-laid out: twice the model's size.
-        let bytes = config.param_count() * 4.0 * 2.0;
-        crate::memory::ensure(bytes.min(u64::MAX as f64) as u64, || {
-            format!("a random model of {:.0} weights", config.param_count())
+        let weights = config.param_count();
+        crate::memory::ensure((weights * 4.0 * 2.0) as u64, || {
+            format!("a random model of {weights:.0} weights")
         })?;
         Self::from_weights(config, &Weights::synthetic(seed))
     }

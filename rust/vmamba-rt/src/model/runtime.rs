@@ -147,9 +147,8 @@ impl VMamba {
         let at_once = if workers <= 1 { b } else { workers };
         let (work, out) = self.image_bytes(h, w);
         let need = at_once as f64 * work + b as f64 * out;
-        crate::memory::ensure(need.min(u64::MAX as f64) as u64, || {
-            format!("a forward pass on input {shape:?}")
-        })
+        // `as` saturates: an absurd estimate becomes u64::MAX and is refused.
+        crate::memory::ensure(need as u64, || format!("a forward pass on input {shape:?}"))
     }
 
     pub(super) fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
