@@ -78,14 +78,14 @@ def main():
             if res > 224 and dtype == "float32" and args.quick:
                 continue
             t = bench(model, batch, res, reps)
-            graphs = "yes" if model.uses_graphs else f"no ({model.graph_error or 'libcublas not found'})"
+            graphs = "yes" if model.engine.uses_graphs else f"no ({model.engine.graph_error or 'libcublas not found'})"
             rows.append({"dtype": dtype, "batch": batch, "res": res, "ms": t * 1e3, "img_s": batch / t, "graphs": graphs})
             print(f"| {dtype:<8} | {batch:>5} | {res:>4} | {t * 1e3:>8.2f} | {batch / t:>7.0f} | {graphs} |", flush=True)
         del model
         cp.get_default_memory_pool().free_all_blocks()
     # What the graphs buy at batch 1: the same pass launched kernel by kernel.
     eager = vmamba_rt.load(path, device="cuda", dtype="float16")
-    eager.graphs = False
+    eager.engine.graphs = False
     t = bench(eager, 1, 224, 50)
     rows.append({"dtype": "float16", "batch": 1, "res": 224, "ms": t * 1e3, "img_s": 1 / t, "graphs": "no (eager)"})
     print(f"| float16  |     1 |  224 | {t * 1e3:>8.2f} | {1 / t:>7.0f} | no (eager, for comparison) |")

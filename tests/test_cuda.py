@@ -79,26 +79,48 @@ def test_bad_device_and_dtype_arguments(converted):
         vmamba_rt.load(converted("v2_s1_small"), dtype="float16")
 
 
-@needs_gpu
-@pytest.mark.parametrize("dtype", sorted(gpu.DTYPES))
+# The CUDA engine runs on a real GPU ("gpu") and, for its own logic, on a numpy
+# stand-in for CuPy ("fake", tests/fakecupy.py, float32 only) that runs everywhere.
+BACKENDS = ["fake", "gpu"]
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """Use the CUDA backend named by the test's parameter; returns its CuPy module."""
+    if request.param == "fake":
+        import fakecupy
+
+        monkeypatch.setattr(gpu, "_import_cupy", lambda: fakecupy)
+        monkeypatch.setattr(gpu, "_Cublas", fakecupy.Blas)
+        return fakecupy
+    if not HAS_GPU:
+        pytest.skip("no CUDA GPU with CuPy here: GPU parity tests skipped")
+    import cupy
+
+    return cupy
+
+
+def _outputs(model, x, meta_backbone):
+    if meta_backbone:
+        return model.features(x)
+    return [model(x), model.embeddings(x)] + model.features(x)
+
+
+@pytest.mark.parametrize("backend,dtype", [("fake", "float32")] + [("gpu", d) for d in sorted(gpu.DTYPES)],
+                         indirect=["backend"])
 @pytest.mark.parametrize("case,ema", golden_cases(), ids=lambda v: str(v))
-def test_gpu_matches_cpu_engine_on_golden_cases(case, ema, dtype, converted):
+def test_gpu_matches_cpu_engine_on_golden_cases(case, ema, dtype, converted, backend):
     path = converted(case, ema)
     meta = golden_meta(case)
     cpu, cuda = vmamba_rt.load(path), vmamba_rt.load(path, device="cuda", dtype=dtype)
     x = np.load(GOLDEN / f"{case}.input.npy")
-    if meta["backbone"]:
-        pairs = zip(cuda.features(x), cpu.features(x))
-    else:
-        pairs = [(cuda(x), cpu(x))]
-    for got, want in pairs:
-        assert rel_err(got, want) < BOUNDS[dtype], dtype
+    for _ in range(3):  # eager, then captured, then replayed
+        for got, want in zip(_outputs(cuda, x, meta["backbone"]), _outputs(cpu, x, meta["backbone"]), strict=True):
+            assert rel_err(got, want) < BOUNDS[dtype], dtype
 
 
-@needs_gpu
-def test_graph_replay_cupy_io_batches_and_odd_sizes(converted):
-    import cupy
-
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_graph_replay_device_io_batches_and_odd_sizes(converted, backend):
     path = converted("v0_small")
     cpu, cuda = vmamba_rt.load(path), vmamba_rt.load(path, device="cuda")
     rng = np.random.default_rng(0)
@@ -107,10 +129,130 @@ def test_graph_replay_cupy_io_batches_and_odd_sizes(converted):
         want = cpu(x)
         for _ in range(3):  # eager, then captured, then replayed
             assert rel_err(cuda(x), want) < 1e-4
-        out = cuda(cupy.asarray(x))
-        assert isinstance(out, cupy.ndarray) and rel_err(cupy.asnumpy(out), want) < 1e-4
-    assert cuda._plans[(1, 3, 64, 64)].graphs, "no CUDA graph was captured"
+        out = cuda(backend.asarray(x))
+        assert isinstance(out, backend.ndarray) and rel_err(backend.asnumpy(out), want) < 1e-4
+    assert cuda.engine._plans[((1, 3, 64, 64), "logits")].graph is not None, "no CUDA graph was captured"
     assert cuda.predict(str(GOLDEN.parent.parent / "examples/images/digit_3.png"), topk=2)
+    with pytest.raises(vmamba_rt.VMambaError, match="too small"):
+        cuda(np.zeros((1, 3, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_threads_share_one_engine(converted, backend):
+    """Many threads, one model: same-shape calls never see each other's results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = converted("v2_s1_small")
+    cpu, cuda = vmamba_rt.load(path), vmamba_rt.load(path, device="cuda")
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((2, 3, 32 + 8 * (i % 3), 32)).astype(np.float32) for i in range(24)]
+    want = [cpu(x) for x in xs]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda x: (cuda(x), cuda.features(x)), xs * 2))
+    for (logits, maps), w, x in zip(got, want * 2, xs * 2):
+        assert rel_err(logits, w) < 1e-4
+        assert len(maps) == len(cpu.features(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_plan_cache_is_bounded(converted, backend):
+    path = converted("v2_s1_small")
+    cpu, cuda = vmamba_rt.load(path), vmamba_rt.load(path, device="cuda")
+    sizes = range(16, 16 + 2 * (gpu.MAX_PLANS + 3), 2)
+    for s in list(sizes) + [16]:  # the first shape again, after it was dropped
+        x = np.full((1, 3, s, s), 0.5, np.float32)
+        assert rel_err(cuda(x), cpu(x)) < 1e-4
+        assert len(cuda.engine._plans) <= gpu.MAX_PLANS
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_a_failed_capture_leaves_that_shape_eager_and_correct(converted, backend):
+    path = converted("v2_s1_small")
+    cpu, cuda = vmamba_rt.load(path), vmamba_rt.load(path, device="cuda")
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    want = cpu(x)
+    cuda(x)
+    plan = cuda.engine._plans[((1, 3, 32, 32), "logits")]
+    stream = cuda.engine._stream
+
+    def disturbed():  # what another thread's work can do to a capture
+        if stream.is_capturing():
+            raise RuntimeError("capture invalidated")
+
+    plan.steps.insert(0, disturbed)
+    for _ in range(gpu.MAX_CAPTURE_FAILURES + 2):
+        assert rel_err(cuda(x), want) < 1e-4
+    assert plan.graph is None and plan.capture_failures == gpu.MAX_CAPTURE_FAILURES
+    assert "capture invalidated" in cuda.engine.graph_error
+    y = np.zeros((1, 3, 40, 40), np.float32)  # other shapes still get graphs
+    for _ in range(3):
+        assert rel_err(cuda(y), cpu(y)) < 1e-4
+    assert cuda.engine._plans[((1, 3, 40, 40), "logits")].graph is not None
+
+
+def _op_cases(rng):
+    """(op, buffer lengths, parameter lengths) on random shapes, every op kind."""
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    b, h, w, c = r(1, 3), r(1, 9), r(1, 9), r(1, 40)
+    rows = b * h * w
+    stride, pad = r(1, 3), r(0, 1)
+    k = r(1, min(4, min(h, w) + 2 * pad))  # the window fits
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    inp, out = r(1, 70), r(1, 70)
+    di, n, rank = r(1, 70), int(rng.choice([1, 4, 16])), r(1, 6)
+    stride_in = c + r(0, 5)
+    cases = [
+        ({"op": "to_channels_last", "src": 0, "dst": 1, "b": b, "c": c, "h": h, "w": w}, [rows * c] * 2, []),
+        ({"op": "to_channels_first", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c}, [rows * c] * 2, []),
+        ({"op": "gelu", "buf": 0, "len": rows * c}, [rows * c], []),
+        ({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1}, [rows * c] * 2,
+         [c, c]),
+        ({"op": "patch_merge", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c},
+         [rows * c, b * ((h + 1) // 2) * ((w + 1) // 2) * 4 * c], []),
+        ({"op": "mean_pool", "src": 0, "dst": 1, "b": b, "hw": h * w, "c": c}, [rows * c, b * c], []),
+        ({"op": "dw_conv_silu", "src": 0, "src_stride": stride_in, "dst": 1, "b": b, "h": h, "w": w, "c": c,
+          "k": 3, "weight": 0, "bias": 1}, [rows * stride_in, rows * c], [9 * c, c]),
+        ({"op": "out_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1, "gate": 2,
+          "gate_stride": 2 * c, "gate_offset": c}, [rows * c, rows * c, rows * 2 * c], [c, c]),
+        ({"op": "out_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1, "gate": None,
+          "gate_stride": 0, "gate_offset": 0}, [rows * c] * 2, [c, c]),
+        ({"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": b, "h": h, "w": w, "di": di, "n": n, "r": rank,
+          "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3},
+         [rows * di, rows * 4 * (rank + 2 * n), rows * di], [4 * di * rank, 4 * di, 4 * di * n, 4 * di]),
+    ]
+    cases.append(({"op": "im2col", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c, "k": k, "stride": stride,
+                   "pad": pad, "ho": ho, "wo": wo}, [rows * c, b * ho * wo * k * k * c], []))
+    for bias in (True, False):
+        for acc in (True, False):
+            cases.append(({"op": "linear", "src": 0, "dst": 1, "rows": rows, "inp": inp, "out": out, "weight": 0,
+                           "bias": 1 if bias else None, "accumulate": acc}, [rows * inp, rows * out],
+                          [out * inp, out]))
+    return cases
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("seed", range(4))
+def test_every_op_matches_the_cpu_engine(seed, backend):
+    """Each op kind alone on random shapes: the CUDA engine against the Rust CPU
+    engine (ggml's test-backend-ops, in small)."""
+    import json
+
+    from vmamba_rt import _native
+
+    rng = np.random.default_rng(seed)
+    kinds = set()
+    for op, lens, plens in _op_cases(rng):
+        bufs = [rng.standard_normal(n).astype(np.float32) for n in lens]
+        params = [rng.standard_normal(n).astype(np.float32) for n in plens]
+        if op["op"] == "cross_scan":
+            params[2] = -np.exp(0.5 * params[2])  # A = -exp(A_logs): negative, as in a model
+            bufs[1] *= 0.5
+        want = _native.run_op(json.dumps(op), bufs, params)
+        got = gpu.run_op(op, bufs, params)
+        for g, w in zip(got, want, strict=True):
+            assert rel_err(g, w) < 1e-5, op
+        kinds.add(op["op"])
+    assert len(kinds) == 11, kinds  # every kind of plan op
 
 
 @needs_gpu

@@ -13,7 +13,7 @@ import os
 from . import hub
 from .convert import ArchitectureGuessWarning, convert
 from .errors import CheckpointError, ConversionError, DownloadError, VMambaError
-from .model import Model
+from .model import Model, check_device
 
 __version__ = "0.1.0"
 convert_checkpoint = convert  # the function, where `convert` is also a keyword of load()
@@ -94,16 +94,9 @@ def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: s
     The weights are read into memory, so the model never depends on the file
     again. ``mmap=True`` maps the file instead (no copy, pages read on use): the
     file must then not be changed or truncated while the model lives."""
+    check_device(device, dtype)  # before any download
     path = resolve(path, download=download, convert=convert)
-    if device == "cuda":
-        from .gpu import CudaModel
-
-        return CudaModel(path, dtype=dtype, num_threads=num_threads)
-    if device != "cpu":
-        raise VMambaError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if dtype != "float32":
-        raise VMambaError(f"the CPU engine runs float32 only, got dtype={dtype!r}")
-    return Model(path, num_threads=num_threads, mmap=mmap, out_indices=out_indices)
+    return Model(path, device=device, dtype=dtype, num_threads=num_threads, mmap=mmap, out_indices=out_indices)
 
 
 download = hub.download

@@ -24,6 +24,23 @@ def _threads(num_threads) -> int | None:
     return num_threads
 
 
+def check_device(device: str, dtype: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise VMambaError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu" and dtype != "float32":
+        raise VMambaError(f"the CPU engine runs float32 only, got dtype={dtype!r}")
+
+
+def _engine(native, device: str, dtype: str):
+    """What runs the plans: the native model itself on the CPU, or the CUDA engine."""
+    check_device(device, dtype)
+    if device == "cuda":
+        from .gpu import CudaEngine
+
+        return CudaEngine(native, dtype=dtype)
+    return native
+
+
 def _as_batch(x) -> np.ndarray:
     """Check and normalise an input batch to C-contiguous float32 (B, C, H, W).
 
@@ -42,7 +59,9 @@ def _as_batch(x) -> np.ndarray:
 
 
 class Model:
-    """A VMamba model loaded from converted safetensors weights.
+    """A VMamba model loaded from converted safetensors weights, run by an
+    engine: the native CPU engine, or the CUDA engine (``device="cuda"``) that
+    executes the same plans on a GPU.
 
     >>> import numpy as np, vmamba_rt
     >>> model = vmamba_rt.load()                     # the bundled digits model
@@ -50,12 +69,12 @@ class Model:
     (1, 10)
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = None, mmap: bool = False,
-                 out_indices: list[int] | None = None):
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
+                 num_threads: int | None = None, mmap: bool = False, out_indices: list[int] | None = None):
         path = os.fspath(path)
-        self._init(path, _native.Model(path, _threads(num_threads), bool(mmap)), out_indices)
+        self._init(path, _native.Model(path, _threads(num_threads), bool(mmap)), device, dtype, out_indices)
 
-    def _init(self, path: str, native, out_indices: list[int] | None = None) -> None:
+    def _init(self, path: str, native, device: str, dtype: str, out_indices: list[int] | None = None) -> None:
         self.path = path
         self._native = native
         self.config: dict = json.loads(native.config_json)
@@ -68,9 +87,11 @@ class Model:
             )
         except VMambaError as e:
             raise VMambaError(f"{path}: {e}") from None
+        self.engine = _engine(native, device, dtype)
 
     @classmethod
-    def random(cls, arch: str | dict, *, seed: int = 0, num_threads: int | None = None) -> "Model":
+    def random(cls, arch: str | dict, *, seed: int = 0, num_threads: int | None = None, device: str = "cpu",
+               dtype: str = "float32") -> "Model":
         """A model with random weights: ``arch`` is a preset name (docs/model.md §6,
         e.g. ``"vmamba-tiny-s1l8"``) or a config dict. For benchmarks and tests."""
         try:
@@ -81,8 +102,20 @@ class Model:
             raise VMambaError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         model = cls.__new__(cls)
         model._init(f"<random {arch if isinstance(arch, str) else 'config'}>",
-                    _native.Model.random(cfg, seed, _threads(num_threads)))
+                    _native.Model.random(cfg, seed, _threads(num_threads)), device, dtype)
         return model
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda": where the forward pass runs."""
+        return "cpu" if self.engine is self._native else "cuda"
+
+    def _batch(self, x):
+        """The input as the engine takes it: CuPy arrays stay on the GPU for the
+        CUDA engine; anything else becomes a float32 (B, C, H, W) numpy array."""
+        if self.device == "cuda" and hasattr(x, "__cuda_array_interface__"):
+            return x
+        return _as_batch(x)
 
     def _stages(self) -> list[int]:
         """The stages ``features`` can return: a backbone's ``out_indices``, else all."""
@@ -124,14 +157,14 @@ class Model:
                 f"{self.path} is a backbone (out_indices {self.config['out_indices']}) without a classifier "
                 "head: call model.features(x)"
             )
-        return self._native.forward(_as_batch(x))
+        return self.engine.forward(self._batch(x))
 
     def features(self, x, out_indices: list[int] | None = None) -> list[np.ndarray]:
         """Feature maps (NCHW), one per stage of ``out_indices`` (default: the
         model's, see ``feature_info``). Backbones: stage outputs after their
         ``outnorm``. Classifiers: every stage's output before its downsample."""
         want = self.out_indices if out_indices is None else self._check_indices(out_indices)
-        maps = dict(zip(self._stages(), self._native.features(_as_batch(x))))
+        maps = dict(zip(self._stages(), self.engine.features(self._batch(x))))
         return [maps[i] for i in want]
 
     def embeddings(self, x) -> np.ndarray:
@@ -140,7 +173,7 @@ class Model:
         similarity search."""
         if self.is_backbone:
             raise VMambaError(f"{self.path} is a backbone without a classifier head: use features(x)")
-        return self._native.embed(_as_batch(x))
+        return self.engine.embed(self._batch(x))
 
     def classify(self, x, topk: int = 5, *, multi_label: bool = False) -> list[list[tuple[str, float]]]:
         """For a preprocessed batch x (B, 3, H, W), each image's ``topk`` (label,

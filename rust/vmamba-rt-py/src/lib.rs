@@ -174,6 +174,51 @@ impl Model {
         per_image_rows(py, x, |data, shape| self.inner.embed(data, shape))
     }
 
+    /// The execution plan for an input of `shape` (B, C, H, W) as JSON; `outputs`
+    /// is "logits", "embeddings" or "features". Shape errors as for `forward`.
+    fn plan_json(&self, shape: (usize, usize, usize, usize), outputs: &str) -> PyResult<String> {
+        let outputs: vmamba_rt::plan::Outputs = serde_json::from_value(outputs.into())
+            .map_err(|_| VMambaError::new_err(format!("unknown plan outputs {outputs:?}")))?;
+        let (b, c, h, w) = shape;
+        guarded(|| {
+            let plan = self.inner.plan([b, c, h, w], outputs).map_err(to_py)?;
+            serde_json::to_string(&plan).map_err(|e| VMambaError::new_err(e.to_string()))
+        })
+    }
+
+    /// (name, dtype, shape) of every parameter the plans name, by id.
+    fn param_table(&self) -> Vec<(String, String, Vec<usize>)> {
+        self.inner
+            .params()
+            .table()
+            .into_iter()
+            .map(|(name, dtype, shape)| {
+                (
+                    name.to_string(),
+                    format!("{dtype:?}").to_lowercase(),
+                    shape.to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    /// One parameter (a copy), in the layout its ops read.
+    fn param<'py>(
+        &self,
+        py: Python<'py>,
+        id: usize,
+    ) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+        let ps = self.inner.params();
+        if id >= ps.len() {
+            return Err(VMambaError::new_err(format!(
+                "no parameter {id} (there are {})",
+                ps.len()
+            )));
+        }
+        let shape = ps.table()[id].2.to_vec();
+        ps.data(id).to_vec().into_pyarray(py).reshape(shape)
+    }
+
     /// Feature maps, each (B, C, H, W).
     fn features<'py>(
         &self,

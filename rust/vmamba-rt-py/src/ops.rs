@@ -1,4 +1,6 @@
-//! Reference kernels exposed for kernel-level tests against the official op vectors.
+//! Reference kernels exposed for kernel-level tests against the official op
+//! vectors, and single plan ops run by the CPU engine for op-level tests of
+//! the other backends.
 
 use numpy::{
     IntoPyArray, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
@@ -134,9 +136,37 @@ fn cross_merge_ref<'py>(
     })
 }
 
+/// Run one plan op (JSON, as in a plan) with the CPU engine on `buffers` (f32,
+/// flat, indexed by the op's buffer ids) and `params` (by id; `act` dtype).
+/// Returns the buffers after the op. For op-level tests of other backends.
+#[pyfunction]
+fn run_op<'py>(
+    py: Python<'py>,
+    op_json: &str,
+    buffers: Vec<PyReadonlyArray1<'py, f32>>,
+    params: Vec<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<Vec<Bound<'py, numpy::PyArray1<f32>>>> {
+    let op: vmamba_rt::plan::Op =
+        serde_json::from_str(op_json).map_err(|e| VMambaError::new_err(format!("bad op: {e}")))?;
+    let mut bufs: Vec<Vec<f32>> = buffers.iter().map(|b| b.as_array().to_vec()).collect();
+    let mut ps = vmamba_rt::plan::Params::default();
+    for (i, p) in params.iter().enumerate() {
+        let data = p.as_array().to_vec();
+        let n = data.len();
+        ps.add(
+            &i.to_string(),
+            vmamba_rt::weights::Param::owned(data, vec![n]),
+            vmamba_rt::plan::DType::F32,
+        );
+    }
+    py.detach(|| guarded(|| vmamba_rt::exec::run_op(&op, &ps, &mut bufs).map_err(crate::to_py)))?;
+    Ok(bufs.into_iter().map(|b| b.into_pyarray(py)).collect())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(selective_scan, m)?)?;
     m.add_function(wrap_pyfunction!(cross_scan_ref, m)?)?;
     m.add_function(wrap_pyfunction!(cross_merge_ref, m)?)?;
+    m.add_function(wrap_pyfunction!(run_op, m)?)?;
     Ok(())
 }

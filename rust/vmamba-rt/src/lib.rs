@@ -34,10 +34,12 @@
 
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod format;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod plan;
 pub mod preprocess;
 pub mod weights;
 

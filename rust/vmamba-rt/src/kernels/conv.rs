@@ -24,13 +24,17 @@ pub fn im2col(
     k: usize,
     stride: usize,
     pad: usize,
-) -> Vec<f32> {
+    cols: &mut [f32],
+) {
     let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
     let kc = k * k * c;
-    let mut cols = vec![0.0f32; b * ho * wo * kc];
+    assert_eq!(cols.len(), b * ho * wo * kc, "im2col: cols");
     cols.par_chunks_mut(wo * kc)
         .enumerate()
         .for_each(|(row, out)| {
+            if pad > 0 {
+                out.fill(0.0); // windows leave the image only where there is padding
+            }
             let (bi, oy) = (row / ho, row % ho);
             for ox in 0..wo {
                 for ky in 0..k {
@@ -50,7 +54,6 @@ pub fn im2col(
                 }
             }
         });
-    cols
 }
 
 /// Re-lay a PyTorch conv weight (Cout, Cin, k, k) as (Cout, k*k*Cin) in im2col order.
@@ -212,7 +215,8 @@ mod tests {
     #[test]
     fn im2col_pads_with_zeros() {
         // One 2x2 single-channel image, 3x3 window, pad 1, stride 2 -> one output pixel.
-        let cols = im2col(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 3, 2, 1);
+        let mut cols = vec![f32::NAN; 9]; // stale values must not survive
+        im2col(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 3, 2, 1, &mut cols);
         assert_eq!(cols, vec![0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0]);
     }
 }

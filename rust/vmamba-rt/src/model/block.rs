@@ -4,7 +4,7 @@ use super::layers::{Linear, Map, Norm};
 use super::ss2d::Ss2d;
 use crate::config::Config;
 use crate::error::Result;
-use crate::kernels::act;
+use crate::plan::{Builder, Op, Params};
 use crate::weights::Weights;
 
 pub struct VssBlock {
@@ -15,11 +15,11 @@ pub struct VssBlock {
 }
 
 impl VssBlock {
-    pub fn load(cfg: &Config, ws: &Weights, p: &str, c: usize) -> Result<Self> {
+    pub fn load(cfg: &Config, ws: &Weights, ps: &mut Params, p: &str, c: usize) -> Result<Self> {
         let ssm = if cfg.ssm_ratio > 0.0 {
             Some((
-                Norm::load(ws, &format!("{p}.norm"), c)?,
-                Ss2d::load(cfg, ws, &format!("{p}.op"), c)?,
+                Norm::load(ws, ps, &format!("{p}.norm"), c)?,
+                Ss2d::load(cfg, ws, ps, &format!("{p}.op"), c)?,
             ))
         } else {
             None
@@ -27,9 +27,9 @@ impl VssBlock {
         let hidden = cfg.mlp_hidden(c);
         let mlp = if hidden > 0 {
             Some((
-                Norm::load(ws, &format!("{p}.norm2"), c)?,
-                Linear::load(ws, &format!("{p}.mlp.fc1"), hidden, c, true)?,
-                Linear::load(ws, &format!("{p}.mlp.fc2"), c, hidden, true)?,
+                Norm::load(ws, ps, &format!("{p}.norm2"), c)?,
+                Linear::load(ws, ps, &format!("{p}.mlp.fc1"), hidden, c, true)?,
+                Linear::load(ws, ps, &format!("{p}.mlp.fc2"), c, hidden, true)?,
             ))
         } else {
             None
@@ -38,19 +38,22 @@ impl VssBlock {
     }
 
     /// x (B, H, W, C) updated in place.
-    pub fn forward(&self, x: &mut Map) {
+    pub fn emit(&self, g: &mut Builder, x: Map) {
         let rows = x.rows();
         if let Some((norm, op)) = &self.ssm {
             // x = x + SS2D(norm(x))
-            let normed = norm.apply(&x.data);
-            op.forward_add(&normed, (x.b, x.h, x.w), &mut x.data);
+            let normed = norm.emit_map(g, x);
+            op.emit_add(g, normed, x.buf);
         }
         if let Some((norm2, fc1, fc2)) = &self.mlp {
             // x = x + fc2(GELU(fc1(norm2(x))))
-            let normed = norm2.apply(&x.data);
-            let mut hidden = fc1.forward(&normed, rows);
-            act::gelu_inplace(&mut hidden);
-            fc2.forward_into(&hidden, rows, &mut x.data, true);
+            let normed = norm2.emit(g, x.buf, rows);
+            let hidden = fc1.emit(g, normed, rows);
+            g.push(Op::Gelu {
+                buf: hidden,
+                len: rows * fc1.out,
+            });
+            fc2.emit_into(g, hidden, rows, x.buf, true);
         }
     }
 }

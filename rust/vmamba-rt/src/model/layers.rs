@@ -1,15 +1,16 @@
 //! Building blocks shared by the model parts: channel-last maps, linear layers,
-//! LayerNorm and dense convolutions, each loaded by name and shape.
+//! LayerNorm and dense convolutions. Each is loaded by name and shape into the
+//! model's [`Params`] and emits its ops into a plan.
 
 use crate::error::Result;
-use crate::kernels::matmul::Mat;
-use crate::kernels::{conv, matmul, norm};
+use crate::kernels::conv;
+use crate::plan::{BufId, Builder, DType, Op, ParamId, Params};
 use crate::weights::{Param, Weights};
 
-/// A batch of channel-last feature maps: data (B, H, W, C).
-#[derive(Clone, Debug)]
+/// A batch of channel-last feature maps in a plan buffer: (B, H, W, C).
+#[derive(Clone, Copy, Debug)]
 pub struct Map {
-    pub data: Vec<f32>,
+    pub buf: BufId,
     pub b: usize,
     pub h: usize,
     pub w: usize,
@@ -24,69 +25,148 @@ impl Map {
 
 /// `y = x W^T (+ b)` with W stored (out, in).
 pub struct Linear {
-    pub w: Param,
-    pub b: Option<Param>,
+    w: ParamId,
+    b: Option<ParamId>,
     pub out: usize,
-    pub inp: usize,
+    inp: usize,
 }
 
 impl Linear {
-    pub fn load(ws: &Weights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        let w = ws.get(&format!("{prefix}.weight"), &[out, inp])?;
+    pub fn load(
+        ws: &Weights,
+        ps: &mut Params,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let w = ps.add(&name, ws.get(&name, &[out, inp])?, DType::Act);
+        Self::with_weight(ws, ps, prefix, w, out, inp, bias)
+    }
+
+    /// A linear layer without bias over a weight already registered.
+    pub fn from_weight(w: ParamId, out: usize, inp: usize) -> Self {
+        Linear {
+            w,
+            b: None,
+            out,
+            inp,
+        }
+    }
+
+    fn with_weight(
+        ws: &Weights,
+        ps: &mut Params,
+        prefix: &str,
+        w: ParamId,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let b = if bias {
-            Some(ws.get(&format!("{prefix}.bias"), &[out])?)
+            let name = format!("{prefix}.bias");
+            Some(ps.add(&name, ws.get(&name, &[out])?, DType::F32))
         } else {
             None
         };
         Ok(Linear { w, b, out, inp })
     }
 
-    /// x (rows, inp) -> (rows, out).
-    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = vec![0.0f32; rows * self.out];
-        self.forward_into(x, rows, &mut y, false);
-        y
+    /// Writes (or with `accumulate`, adds) src (rows, inp) W^T + b into dst (rows, out).
+    pub fn emit_into(
+        &self,
+        g: &mut Builder,
+        src: BufId,
+        rows: usize,
+        dst: BufId,
+        accumulate: bool,
+    ) {
+        g.push(Op::Linear {
+            src,
+            dst,
+            rows,
+            inp: self.inp,
+            out: self.out,
+            weight: self.w,
+            bias: self.b,
+            accumulate,
+        });
     }
 
-    /// Writes (or with `accumulate`, adds) x W^T + b into `out` (rows, out).
-    pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool) {
-        matmul::matmul_nt(
-            Mat::new(x, rows, self.inp),
-            Mat::new(self.w.data(), self.out, self.inp),
-            out,
-            self.out,
-            accumulate,
-        );
-        if let Some(b) = &self.b {
-            matmul::add_bias(out, self.out, b.data());
-        }
+    /// src (rows, inp) -> a new buffer (rows, out).
+    pub fn emit(&self, g: &mut Builder, src: BufId, rows: usize) -> BufId {
+        let dst = g.work(rows * self.out, DType::Act);
+        self.emit_into(g, src, rows, dst, false);
+        dst
     }
 }
 
 /// LayerNorm over channels with affine weight and bias.
 pub struct Norm {
-    pub w: Param,
-    pub b: Param,
+    w: ParamId,
+    b: ParamId,
+    c: usize,
 }
 
 impl Norm {
-    pub fn load(ws: &Weights, prefix: &str, c: usize) -> Result<Self> {
+    pub fn load(ws: &Weights, ps: &mut Params, prefix: &str, c: usize) -> Result<Self> {
+        let mut get = |part: &str| -> Result<ParamId> {
+            let name = format!("{prefix}.{part}");
+            Ok(ps.add(&name, ws.get(&name, &[c])?, DType::F32))
+        };
         Ok(Norm {
-            w: ws.get(&format!("{prefix}.weight"), &[c])?,
-            b: ws.get(&format!("{prefix}.bias"), &[c])?,
+            w: get("weight")?,
+            b: get("bias")?,
+            c,
         })
     }
 
-    pub fn inplace(&self, x: &mut [f32]) {
-        norm::layer_norm_inplace(x, self.w.data(), self.b.data());
+    /// src (rows, C) -> a new normed buffer.
+    pub fn emit(&self, g: &mut Builder, src: BufId, rows: usize) -> BufId {
+        let dst = g.work(rows * self.c, DType::Act);
+        g.push(Op::LayerNorm {
+            src,
+            dst,
+            rows,
+            c: self.c,
+            weight: self.w,
+            bias: self.b,
+        });
+        dst
     }
 
-    /// Normalised copy of contiguous rows.
-    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let c = self.w.shape()[0];
-        let mut y = vec![0.0f32; x.len()];
-        norm::layer_norm(x, c, &mut y, c, x.len() / c, self.w.data(), self.b.data());
-        y
+    /// A normed copy of a map.
+    pub fn emit_map(&self, g: &mut Builder, x: Map) -> Map {
+        Map {
+            buf: self.emit(g, x.buf, x.rows()),
+            ..x
+        }
+    }
+
+    /// SS2D's output norm: src (rows, C) f32 -> a new buffer, times SiLU of
+    /// `gate` = (buffer, row stride, channel offset) when given.
+    pub fn emit_out(
+        &self,
+        g: &mut Builder,
+        src: BufId,
+        rows: usize,
+        gate: Option<(BufId, usize, usize)>,
+    ) -> BufId {
+        let dst = g.work(rows * self.c, DType::Act);
+        let (gate_stride, gate_offset) = gate.map_or((0, 0), |(_, s, o)| (s, o));
+        g.push(Op::OutNorm {
+            src,
+            dst,
+            rows,
+            c: self.c,
+            weight: self.w,
+            bias: self.b,
+            gate: gate.map(|(buf, _, _)| buf),
+            gate_stride,
+            gate_offset,
+        });
+        dst
     }
 }
 
@@ -101,8 +181,10 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         ws: &Weights,
+        ps: &mut Params,
         prefix: &str,
         cin: usize,
         cout: usize,
@@ -110,17 +192,16 @@ impl Conv2d {
         stride: usize,
         pad: usize,
     ) -> Result<Self> {
-        let w = ws.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?;
-        let b = ws.get(&format!("{prefix}.bias"), &[cout])?;
+        let name = format!("{prefix}.weight");
+        let w = ws.get(&name, &[cout, cin, k, k])?;
         let cols = conv::conv_weight_to_cols(w.data(), cout, cin, k);
-        let w = Param::owned(cols, vec![cout, k * k * cin]);
+        let w = ps.add(
+            &name,
+            Param::owned(cols, vec![cout, k * k * cin]),
+            DType::Act,
+        );
         Ok(Conv2d {
-            lin: Linear {
-                w,
-                b: Some(b),
-                out: cout,
-                inp: k * k * cin,
-            },
+            lin: Linear::with_weight(ws, ps, prefix, w, cout, k * k * cin, true)?,
             cin,
             k,
             stride,
@@ -147,15 +228,28 @@ impl Conv2d {
             .max(1)
     }
 
-    pub fn forward(&self, x: &Map) -> Map {
+    pub fn emit(&self, g: &mut Builder, x: Map) -> Map {
         debug_assert_eq!(x.c, self.cin);
         let (ho, wo) = self
             .out_hw(x.h, x.w)
-            .expect("input size checked by the model plan");
-        let cols = conv::im2col(&x.data, x.b, x.h, x.w, x.c, self.k, self.stride, self.pad);
-        let data = self.lin.forward(&cols, x.b * ho * wo);
+            .expect("input size checked by the model");
+        let rows = x.b * ho * wo;
+        let cols = g.work(rows * self.lin.inp, DType::Act);
+        g.push(Op::Im2col {
+            src: x.buf,
+            dst: cols,
+            b: x.b,
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            k: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            ho,
+            wo,
+        });
         Map {
-            data,
+            buf: self.lin.emit(g, cols, rows),
             b: x.b,
             h: ho,
             w: wo,

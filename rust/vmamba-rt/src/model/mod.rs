@@ -12,8 +12,6 @@ mod stem;
 use std::path::Path;
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use block::VssBlock;
 use downsample::Downsample;
 use layers::{Linear, Map, Norm};
@@ -21,6 +19,8 @@ use stem::Stem;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::exec::Workspaces;
+use crate::plan::{Builder, DType, Op, Outputs, Params, Plan};
 use crate::weights::{Weights, META_CONFIG};
 
 pub use crate::format::META_LABELS;
@@ -56,6 +56,8 @@ struct Head {
 pub struct VMamba {
     config: Config,
     metadata: std::collections::HashMap<String, String>,
+    params: Params,
+    workspaces: Workspaces,
     stem: Stem,
     stages: Vec<Stage>,
     head: Option<Head>,
@@ -101,18 +103,20 @@ impl VMamba {
     /// shape and refusing tensors the architecture does not use.
     pub fn from_weights(config: Config, ws: &Weights) -> Result<Self> {
         config.validate()?;
-        let stem = Stem::load(&config, ws)?;
+        let ps = &mut Params::default();
+        let stem = Stem::load(&config, ws, ps)?;
         let n = config.depths.len();
         let mut stages = Vec::with_capacity(n);
         for (i, &depth) in config.depths.iter().enumerate() {
             let c = config.stage_dim(i);
             let blocks = (0..depth)
-                .map(|j| VssBlock::load(&config, ws, &format!("layers.{i}.blocks.{j}"), c))
+                .map(|j| VssBlock::load(&config, ws, ps, &format!("layers.{i}.blocks.{j}"), c))
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < n {
                 Some(Downsample::load(
                     config.downsample_version,
                     ws,
+                    ps,
                     &format!("layers.{i}.downsample"),
                     c,
                 )?)
@@ -120,7 +124,9 @@ impl VMamba {
                 None
             };
             let outnorm = match &config.out_indices {
-                Some(idx) if idx.contains(&i) => Some(Norm::load(ws, &format!("outnorm{i}"), c)?),
+                Some(idx) if idx.contains(&i) => {
+                    Some(Norm::load(ws, ps, &format!("outnorm{i}"), c)?)
+                }
                 _ => None,
             };
             stages.push(Stage {
@@ -134,14 +140,16 @@ impl VMamba {
         } else {
             let c = config.stage_dim(n - 1);
             Some(Head {
-                norm: Norm::load(ws, "classifier.norm", c)?,
-                fc: Linear::load(ws, "classifier.head", config.num_classes, c, true)?,
+                norm: Norm::load(ws, ps, "classifier.norm", c)?,
+                fc: Linear::load(ws, ps, "classifier.head", config.num_classes, c, true)?,
             })
         };
         ws.check_all_used()?;
         let mut model = VMamba {
             config,
             metadata: ws.metadata().clone(),
+            params: std::mem::take(ps),
+            workspaces: Workspaces::default(),
             stem,
             stages,
             head,
@@ -217,40 +225,124 @@ impl VMamba {
         self.stem.min_in(need)
     }
 
-    /// Stem and stages; calls `tap(i, map)` with each stage's output before its downsample.
-    fn trunk(&self, x: &[f32], shape: [usize; 4], mut tap: impl FnMut(usize, &Map)) -> Map {
-        let [b, c, h, w] = shape;
-        let mut map = Map {
-            data: transpose_images(x, b, c, h * w),
+    /// The execution plan for an input of `shape` (docs/code.md, "The plan"):
+    /// the network as ops over [`VMamba::params`], for any backend to run.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
+    /// use vmamba_rt::plan::Outputs;
+    /// let model = vmamba_rt::VMamba::load(path)?;
+    /// let plan = model.plan([1, 3, 64, 64], Outputs::Logits)?;
+    /// assert_eq!(plan.buffers[plan.output_ids()[0]].shape, [1, 10]);
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
+    pub fn plan(&self, shape: [usize; 4], outputs: Outputs) -> Result<Plan> {
+        self.check_shape(shape)?;
+        if outputs != Outputs::Features {
+            self.classifier()?;
+        }
+        Ok(self.emit(shape, outputs))
+    }
+
+    /// The parameters the plans name, in the layout their ops read.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The network, top to bottom, as ops into a new plan (shape already checked).
+    fn emit(&self, [b, c, h, w]: [usize; 4], outputs: Outputs) -> Plan {
+        let mut builder = Builder::new([b, c, h, w]);
+        let g = &mut builder;
+        let x = Map {
+            buf: g.work(b * h * w * c, DType::Act),
             b,
             h,
             w,
             c,
         };
-        map = self.stem.forward(&map);
-        for (i, st) in self.stages.iter().enumerate() {
+        g.push(Op::ToChannelsLast {
+            src: 0,
+            dst: x.buf,
+            b,
+            c,
+            h,
+            w,
+        });
+        let mut x = self.stem.emit(g, x);
+        for st in &self.stages {
             for blk in &st.blocks {
-                blk.forward(&mut map);
+                blk.emit(g, x);
             }
-            tap(i, &map);
+            if outputs == Outputs::Features {
+                // Backbones: the outnorm'd out_indices stages; classifiers: every stage.
+                let map = match (&self.config.out_indices, &st.outnorm) {
+                    (Some(_), Some(norm)) => Some(norm.emit_map(g, x)),
+                    (Some(_), None) => None,
+                    (None, _) => Some(x),
+                };
+                if let Some(m) = map {
+                    let dst = g.output(vec![m.b, m.c, m.h, m.w]);
+                    g.push(Op::ToChannelsFirst {
+                        src: m.buf,
+                        dst,
+                        b: m.b,
+                        h: m.h,
+                        w: m.w,
+                        c: m.c,
+                    });
+                }
+            }
             if let Some(ds) = &st.downsample {
-                map = ds.forward(&map);
+                x = ds.emit(g, x);
             }
         }
-        map
+        if let (Some(head), Outputs::Logits | Outputs::Embeddings) = (&self.head, outputs) {
+            // LayerNorm, the mean over H, W, then the classifier.
+            let normed = head.norm.emit_map(g, x);
+            let pooled = if outputs == Outputs::Embeddings {
+                g.output(vec![b, x.c])
+            } else {
+                g.work(b * x.c, DType::Act)
+            };
+            g.push(Op::MeanPool {
+                src: normed.buf,
+                dst: pooled,
+                b,
+                hw: x.h * x.w,
+                c: x.c,
+            });
+            if outputs == Outputs::Logits {
+                let logits = g.output(vec![b, self.config.num_classes]);
+                head.fc.emit_into(g, pooled, b, logits, false);
+            }
+        }
+        builder.finish(outputs)
+    }
+
+    /// Run the plan for `shape` on the CPU, image by image across worker threads
+    /// for a batch (see `per_image`); outputs stacked back into the batch.
+    fn execute(&self, x: &[f32], shape: [usize; 4], outputs: Outputs) -> Result<Vec<Vec<f32>>> {
+        if outputs != Outputs::Features {
+            self.classifier()?;
+        }
+        self.check_input(x, shape, outputs)?;
+        let per_image = self.run(|| {
+            self.per_image(x, shape, |x, shape| {
+                let plan = self.emit(shape, outputs);
+                crate::exec::run(&plan, &self.params, x, &self.workspaces)
+            })
+        });
+        let mut parts = per_image.into_iter();
+        let mut out = parts.next().expect("batch is not empty");
+        for img in parts {
+            out.iter_mut().zip(img).for_each(|(acc, v)| acc.extend(v));
+        }
+        Ok(out)
     }
 
     /// Class logits for an NCHW batch: x (B, 3, H, W) -> (B, num_classes), row-major.
     pub fn forward(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
-        let head = self.classifier()?;
-        self.check_input(x, shape)?;
-        Ok(self.run(|| {
-            self.per_image(x, shape, |x, shape| {
-                let pooled = self.pooled(head, x, shape);
-                head.fc.forward(&pooled, shape[0])
-            })
-            .concat()
-        }))
+        Ok(self.execute(x, shape, Outputs::Logits)?.remove(0))
     }
 
     /// Pooled embeddings (the classifier's input, "pre-logits"): x (B, 3, H, W) ->
@@ -263,33 +355,13 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn embed(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
-        let head = self.classifier()?;
-        self.check_input(x, shape)?;
-        Ok(self.run(|| {
-            self.per_image(x, shape, |x, shape| self.pooled(head, x, shape))
-                .concat()
-        }))
+        Ok(self.execute(x, shape, Outputs::Embeddings)?.remove(0))
     }
 
     fn classifier(&self) -> Result<&Head> {
         self.head.as_ref().ok_or_else(|| {
             Error::Usage("this is a backbone model (out_indices set, no classifier head): use features() instead".into())
         })
-    }
-
-    /// The trunk, then the head's LayerNorm and the average over H, W: (B, C).
-    fn pooled(&self, head: &Head, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
-        let map = self.trunk(x, shape, |_, _| {});
-        let normed = head.norm.apply(&map.data);
-        let hw = map.h * map.w;
-        let mut pooled = vec![0.0f32; map.b * map.c];
-        for (img, out) in normed.chunks(hw * map.c).zip(pooled.chunks_mut(map.c)) {
-            for px in img.chunks(map.c) {
-                out.iter_mut().zip(px).for_each(|(a, v)| *a += v);
-            }
-            out.iter_mut().for_each(|v| *v /= hw as f32);
-        }
-        pooled
     }
 
     /// Feature maps (NCHW). Backbones: one per `out_indices` stage, after its
@@ -304,53 +376,20 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn features(&self, x: &[f32], shape: [usize; 4]) -> Result<Vec<FeatureMap>> {
-        self.check_input(x, shape)?;
-        let per_image =
-            self.run(|| self.per_image(x, shape, |x, shape| self.stage_features(x, shape)));
-        // Stack the images' maps back into batches.
-        let mut maps = per_image.into_iter();
-        let mut out = maps.next().expect("batch is not empty");
-        for img in maps {
-            for (acc, m) in out.iter_mut().zip(img) {
-                acc.data.extend_from_slice(&m.data);
-                acc.shape[0] += m.shape[0];
-            }
-        }
-        Ok(out)
-    }
-
-    fn stage_features(&self, x: &[f32], shape: [usize; 4]) -> Vec<FeatureMap> {
-        let mut out = Vec::new();
-        self.trunk(x, shape, |i, map| {
-            let data = match (&self.config.out_indices, &self.stages[i].outnorm) {
-                (Some(_), Some(norm)) => norm.apply(&map.data),
-                (Some(_), None) => return,
-                (None, _) => map.data.clone(),
-            };
-            out.push(FeatureMap {
-                data: transpose_images(&data, map.b, map.h * map.w, map.c),
-                shape: [map.b, map.c, map.h, map.w],
-            });
-        });
-        out
-    }
-}
-
-/// Transpose each of `b` images from (rows, cols) to (cols, rows):
-/// NCHW -> NHWC with (rows, cols) = (C, H*W), and back with (H*W, C).
-fn transpose_images(x: &[f32], b: usize, rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(rows * cols)
-        .zip(x.par_chunks(rows * cols))
-        .take(b)
-        .for_each(|(o, i)| {
-            for r in 0..rows {
-                for c in 0..cols {
-                    o[c * rows + r] = i[r * cols + c];
+        let maps = self.execute(x, shape, Outputs::Features)?;
+        let plan = self.emit([1, shape[1], shape[2], shape[3]], Outputs::Features);
+        Ok(maps
+            .into_iter()
+            .zip(plan.output_ids())
+            .map(|(data, id)| {
+                let s = &plan.buffers[id].shape;
+                FeatureMap {
+                    data,
+                    shape: [shape[0], s[1], s[2], s[3]],
                 }
-            }
-        });
-    out
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

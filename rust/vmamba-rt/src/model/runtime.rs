@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{VMamba, META_LABELS};
 use crate::error::{Error, Result};
+use crate::plan::Outputs;
 use crate::preprocess::Preprocess;
 
 impl std::fmt::Debug for VMamba {
@@ -105,53 +106,29 @@ impl VMamba {
         }
     }
 
-    /// Bytes one image of `h` x `w` holds at the peak of a forward pass (the
-    /// buffers of the widest step, all counted as live at once: an upper estimate),
-    /// and the bytes of its stage outputs (what `features` returns, stacked).
-    pub(super) fn image_bytes(&self, h: usize, w: usize) -> (f64, f64) {
-        let cfg = &self.config;
-        let (hw, c0) = (h as f64 * w as f64, cfg.dims as f64);
-        // The input in channel-last order, the stem's im2col buffers and outputs.
-        let mut peak = hw * (13.0 + c0);
-        let mut outputs = 0.0;
-        let mut size = self.stem.out_hw(h, w);
-        for (i, st) in self.stages.iter().enumerate() {
-            let Some((sh, sw)) = size else { break };
-            let rows = sh as f64 * sw as f64;
-            let c = cfg.stage_dim(i);
-            let (di, n, r) = (cfg.d_inner(c), cfg.ssm_d_state, cfg.dt_rank(c));
-            // SS2D: projections, conv output, x_dbl, deltas, the scan's own
-            // channel-first copies and its output.
-            let ssm = if cfg.ssm_ratio > 0.0 {
-                15 * di + 4 * r + 16 * n
-            } else {
-                0
-            };
-            let mlp = c + cfg.mlp_hidden(c);
-            peak = peak.max(rows * (2 * c + ssm.max(mlp)) as f64);
-            outputs += 2.0 * rows * c as f64;
-            if let Some(ds) = &st.downsample {
-                size = ds.out_hw(sh, sw);
-                if let Some((oh, ow)) = size {
-                    peak = peak.max(rows * c as f64 + oh as f64 * ow as f64 * (13 * c) as f64);
-                }
-            }
-        }
-        (peak * 4.0 * 1.25, outputs * 4.0)
-    }
-
-    /// Refuse an input whose forward pass would need more memory than there is.
-    pub(super) fn check_memory(&self, shape: [usize; 4]) -> Result<()> {
-        let [b, _, h, w] = shape;
+    /// Refuse an input whose forward pass would need more memory than there is:
+    /// the plan's buffers for each image in flight at once, and the outputs.
+    fn check_memory(&self, shape: [usize; 4], outputs: Outputs) -> Result<()> {
+        let [b, c, h, w] = shape;
         let workers = self.num_threads().min(b);
-        let at_once = if workers <= 1 { b } else { workers };
-        let (work, out) = self.image_bytes(h, w);
-        let need = at_once as f64 * work + b as f64 * out;
+        let (at_once, per_run) = if workers <= 1 { (1, b) } else { (workers, 1) };
+        // Plans hold sizes in usize: refuse inputs whose buffers could not be counted.
+        let rows = (per_run as u128) * (h as u128) * (w as u128);
+        if rows > (1u128 << 40) {
+            return Err(Error::OutOfMemory(format!(
+                "a forward pass on input {shape:?} is far beyond any machine's memory"
+            )));
+        }
+        let plan = self.emit([per_run, c, h, w], outputs);
+        let work = crate::exec::workspace_len(&plan) as f64 * 4.0;
+        let outputs = plan.elements() as f64 - (plan.arena[0] + plan.arena[1]) as f64;
+        let need = at_once as f64 * work + (b / per_run) as f64 * outputs * 4.0;
         // `as` saturates: an absurd estimate becomes u64::MAX and is refused.
         crate::memory::ensure(need as u64, || format!("a forward pass on input {shape:?}"))
     }
 
-    pub(super) fn check_input(&self, x: &[f32], shape: [usize; 4]) -> Result<()> {
+    /// The checks that need only the input's shape: batch, channels, size.
+    pub(super) fn check_shape(&self, shape: [usize; 4]) -> Result<()> {
         let [b, c, h, w] = shape;
         if b == 0 {
             return Err(Error::Input("empty batch (B = 0)".into()));
@@ -162,23 +139,31 @@ impl VMamba {
                 self.config.in_chans
             )));
         }
-        let want = b
-            .checked_mul(c)
-            .and_then(|v| v.checked_mul(h))
-            .and_then(|v| v.checked_mul(w));
-        if want != Some(x.len()) {
-            return Err(Error::Input(format!(
-                "input holds {} values but shape {shape:?} needs {want:?}",
-                x.len()
-            )));
-        }
         if !self.fits(h, w) {
             let m = self.min_size();
             return Err(Error::Input(format!(
                 "input of {h}x{w} pixels is too small for this model (needs at least {m}x{m})"
             )));
         }
-        self.check_memory(shape)
+        let elements = [b, c, h, w]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        if elements.is_none_or(|n| n > isize::MAX as usize / 4) {
+            return Err(Error::Input(format!("input shape {shape:?} is too large")));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_input(&self, x: &[f32], shape: [usize; 4], outputs: Outputs) -> Result<()> {
+        self.check_shape(shape)?;
+        let want: usize = shape.iter().product();
+        if want != x.len() {
+            return Err(Error::Input(format!(
+                "input holds {} values but shape {shape:?} needs {want}",
+                x.len()
+            )));
+        }
+        self.check_memory(shape, outputs)
     }
 
     pub(super) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

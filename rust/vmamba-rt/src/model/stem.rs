@@ -3,9 +3,9 @@
 use super::layers::{Conv2d, Map, Norm};
 use crate::config::{Config, StemVersion};
 use crate::error::Result;
-use crate::kernels::act;
+use crate::plan::{Builder, Op, Params};
+use crate::weights::Weights;
 
-#[allow(clippy::large_enum_variant)] // built once per model
 pub enum Stem {
     /// Conv(k4, s4) -> LayerNorm.
     V1 { conv: Conv2d, norm: Norm },
@@ -19,26 +19,21 @@ pub enum Stem {
 }
 
 impl Stem {
-    pub fn load(cfg: &Config, ws: &crate::Weights) -> Result<Self> {
+    pub fn load(cfg: &Config, ws: &Weights, ps: &mut Params) -> Result<Self> {
         let (cin, c0) = (cfg.in_chans, cfg.dims);
         Ok(match cfg.patchembed_version {
-            StemVersion::V1 => Stem::V1 {
-                conv: Conv2d::load(
-                    ws,
-                    "patch_embed.0",
-                    cin,
-                    c0,
-                    cfg.patch_size,
-                    cfg.patch_size,
-                    0,
-                )?,
-                norm: Norm::load(ws, "patch_embed.2", c0)?,
-            },
+            StemVersion::V1 => {
+                let p = cfg.patch_size;
+                Stem::V1 {
+                    conv: Conv2d::load(ws, ps, "patch_embed.0", cin, c0, p, p, 0)?,
+                    norm: Norm::load(ws, ps, "patch_embed.2", c0)?,
+                }
+            }
             StemVersion::V2 => Stem::V2 {
-                conv1: Conv2d::load(ws, "patch_embed.0", cin, c0 / 2, 3, 2, 1)?,
-                norm1: Norm::load(ws, "patch_embed.2", c0 / 2)?,
-                conv2: Conv2d::load(ws, "patch_embed.5", c0 / 2, c0, 3, 2, 1)?,
-                norm2: Norm::load(ws, "patch_embed.7", c0)?,
+                conv1: Conv2d::load(ws, ps, "patch_embed.0", cin, c0 / 2, 3, 2, 1)?,
+                norm1: Norm::load(ws, ps, "patch_embed.2", c0 / 2)?,
+                conv2: Conv2d::load(ws, ps, "patch_embed.5", c0 / 2, c0, 3, 2, 1)?,
+                norm2: Norm::load(ws, ps, "patch_embed.7", c0)?,
             },
         })
     }
@@ -61,12 +56,11 @@ impl Stem {
         }
     }
 
-    pub fn forward(&self, x: &Map) -> Map {
+    pub fn emit(&self, g: &mut Builder, x: Map) -> Map {
         match self {
             Stem::V1 { conv, norm } => {
-                let mut y = conv.forward(x);
-                norm.inplace(&mut y.data);
-                y
+                let y = conv.emit(g, x);
+                norm.emit_map(g, y)
             }
             Stem::V2 {
                 conv1,
@@ -74,12 +68,14 @@ impl Stem {
                 conv2,
                 norm2,
             } => {
-                let mut y = conv1.forward(x);
-                norm1.inplace(&mut y.data);
-                act::gelu_inplace(&mut y.data);
-                let mut y = conv2.forward(&y);
-                norm2.inplace(&mut y.data);
-                y
+                let y = conv1.emit(g, x);
+                let y = norm1.emit_map(g, y);
+                g.push(Op::Gelu {
+                    buf: y.buf,
+                    len: y.rows() * y.c,
+                });
+                let y = conv2.emit(g, y);
+                norm2.emit_map(g, y)
             }
         }
     }

@@ -1,0 +1,431 @@
+//! The execution plan: the network for one input shape as an ordered list of
+//! ops over named parameters and preallocated buffers (docs/code.md, "The
+//! plan"). The model code in `model/` emits it and is the only place that
+//! knows the architecture; a backend only executes ops: the CPU engine in
+//! `exec.rs`, the CUDA engine in `python/vmamba_rt/gpu.py` (which reads the plan
+//! as JSON).
+//!
+//! Layout: maps are channel-last, `(B, H, W, C)`, so a buffer of `rows = B*H*W`
+//! pixels is a `(rows, C)` matrix. Parameters are stored in the layout the ops
+//! read (see [`Params`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::weights::Param;
+
+/// Index of a buffer in [`Plan::buffers`].
+pub type BufId = usize;
+/// Index of a parameter in [`Params`].
+pub type ParamId = usize;
+
+/// Element type of a buffer or parameter. `Act` is the backend's activation type
+/// (f32 on the CPU; f32, f16 or bf16 on the GPU); `F32` stays f32 everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// The activation type.
+    Act,
+    /// Always f32 (norm parameters, scan state and its output).
+    F32,
+}
+
+/// What a buffer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The NCHW f32 input batch (read only).
+    Input,
+    /// One result, f32, returned to the caller (logits, embeddings or a map).
+    Output,
+    /// Intermediate values, placed in the arena of their dtype.
+    Work,
+}
+
+/// One buffer of the plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Buffer {
+    /// Elements.
+    pub len: usize,
+    /// Element type.
+    pub dtype: DType,
+    /// Input, output or work.
+    pub role: Role,
+    /// Inputs and outputs: the shape the caller sees ([B, C, H, W] or [B, N]).
+    pub shape: Vec<usize>,
+    /// Work buffers: element offset in the arena of their dtype. Buffers whose
+    /// lifetimes overlap never overlap in the arena.
+    pub offset: usize,
+    /// Indices of the first and last op that touch the buffer.
+    pub first: usize,
+    /// See `first`.
+    pub last: usize,
+}
+
+/// One step of the network. Buffer fields name [`Plan::buffers`], parameter
+/// fields [`Params`]; `rows` is pixels (B*H*W) or images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[allow(missing_docs)] // the fields are named as in the comments above each variant
+pub enum Op {
+    /// dst (B, H, W, C) = src (B, C, H, W), the input to channel-last.
+    ToChannelsLast {
+        src: BufId,
+        dst: BufId,
+        b: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    },
+    /// dst (B*Ho*Wo, k*k*C) = the k x k patches of src (B, H, W, C) in (ky, kx, c)
+    /// order, stride `stride`, zero padding `pad`.
+    Im2col {
+        src: BufId,
+        dst: BufId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        ho: usize,
+        wo: usize,
+    },
+    /// dst (rows, out) = src (rows, inp) W^T + bias, W (out, inp); with
+    /// `accumulate` the result is added to dst (a residual step).
+    Linear {
+        src: BufId,
+        dst: BufId,
+        rows: usize,
+        inp: usize,
+        out: usize,
+        weight: ParamId,
+        bias: Option<ParamId>,
+        accumulate: bool,
+    },
+    /// buf[..len] = GELU(buf[..len]) (exact, erf form).
+    Gelu { buf: BufId, len: usize },
+    /// dst (rows, C) = LayerNorm(src (rows, C)), eps 1e-5.
+    LayerNorm {
+        src: BufId,
+        dst: BufId,
+        rows: usize,
+        c: usize,
+        weight: ParamId,
+        bias: ParamId,
+    },
+    /// dst (B, H, W, C) = SiLU(depthwise k x k conv of src + bias), same padding;
+    /// src rows are `src_stride` apart (the first C channels are read).
+    DwConvSilu {
+        src: BufId,
+        src_stride: usize,
+        dst: BufId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        k: usize,
+        weight: ParamId,
+        bias: Option<ParamId>,
+    },
+    /// The four-direction selective scan with cross-merge (docs/model.md §5):
+    /// u (B*H*W, Di) and xdbl (B*H*W, 4*(R+2N)) -> dst (B*H*W, Di), f32.
+    /// Params: dt_weight (4, Di, R), dt_bias (4*Di), a = -exp(A_logs) (4*Di, N), d (4*Di).
+    CrossScan {
+        u: BufId,
+        xdbl: BufId,
+        dst: BufId,
+        b: usize,
+        h: usize,
+        w: usize,
+        di: usize,
+        n: usize,
+        r: usize,
+        dt_weight: ParamId,
+        dt_bias: ParamId,
+        a: ParamId,
+        d: ParamId,
+    },
+    /// dst (rows, C) = LayerNorm(src (rows, C), f32), times SiLU(gate) when a gate is
+    /// given: gate row i, channel j at `gate[i * gate_stride + gate_offset + j]`.
+    OutNorm {
+        src: BufId,
+        dst: BufId,
+        rows: usize,
+        c: usize,
+        weight: ParamId,
+        bias: ParamId,
+        gate: Option<BufId>,
+        gate_stride: usize,
+        gate_offset: usize,
+    },
+    /// dst (B, ceil(H/2), ceil(W/2), 4C) = the 2x2 neighbours of src (B, H, W, C),
+    /// groups (0,0), (1,0), (0,1), (1,1) as (row, col) offsets; zeros past an odd edge.
+    PatchMerge {
+        src: BufId,
+        dst: BufId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+    },
+    /// dst (B, C) = the mean of src (B, HW, C) over HW.
+    MeanPool {
+        src: BufId,
+        dst: BufId,
+        b: usize,
+        hw: usize,
+        c: usize,
+    },
+    /// dst (B, C, H, W) = src (B, H, W, C), a map to channel-first (into an output).
+    ToChannelsFirst {
+        src: BufId,
+        dst: BufId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+    },
+}
+
+impl Op {
+    /// The buffers the op reads and writes.
+    pub fn buffers(&self) -> Vec<BufId> {
+        use Op::*;
+        match *self {
+            ToChannelsLast { src, dst, .. }
+            | Im2col { src, dst, .. }
+            | Linear { src, dst, .. }
+            | LayerNorm { src, dst, .. }
+            | DwConvSilu { src, dst, .. }
+            | PatchMerge { src, dst, .. }
+            | MeanPool { src, dst, .. }
+            | ToChannelsFirst { src, dst, .. } => vec![src, dst],
+            OutNorm { src, dst, gate, .. } => [src, dst].into_iter().chain(gate).collect(),
+            Gelu { buf, .. } => vec![buf],
+            CrossScan { u, xdbl, dst, .. } => vec![u, xdbl, dst],
+        }
+    }
+}
+
+/// What a plan computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outputs {
+    /// Class logits (B, num_classes).
+    Logits,
+    /// Pooled pre-logits (B, C).
+    Embeddings,
+    /// Stage maps (B, C, H, W): a backbone's normed `out_indices` stages, or
+    /// every stage of a classifier.
+    Features,
+}
+
+/// The network for one input shape, ready to execute.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// [B, C, H, W] of the input.
+    pub input_shape: [usize; 4],
+    /// What the outputs are.
+    pub outputs: Outputs,
+    /// The steps, in order.
+    pub ops: Vec<Op>,
+    /// Every buffer; the input is buffer 0.
+    pub buffers: Vec<Buffer>,
+    /// Elements of the arena for each dtype: [Act, F32].
+    pub arena: [usize; 2],
+}
+
+impl Plan {
+    /// The output buffers, in order.
+    pub fn output_ids(&self) -> Vec<BufId> {
+        (0..self.buffers.len())
+            .filter(|&i| self.buffers[i].role == Role::Output)
+            .collect()
+    }
+
+    /// Elements a backend allocates for one run: arenas and outputs.
+    pub fn elements(&self) -> usize {
+        let outputs: usize = self.output_ids().iter().map(|&i| self.buffers[i].len).sum();
+        self.arena[0] + self.arena[1] + outputs
+    }
+}
+
+/// Records ops while the model code walks the network (see `model/`).
+#[derive(Debug)]
+pub struct Builder {
+    ops: Vec<Op>,
+    buffers: Vec<Buffer>,
+}
+
+impl Builder {
+    /// A plan for an input of `shape`; its input is buffer 0.
+    pub fn new(shape: [usize; 4]) -> Self {
+        let mut b = Builder {
+            ops: Vec::new(),
+            buffers: Vec::new(),
+        };
+        b.add(
+            shape.iter().product(),
+            DType::F32,
+            Role::Input,
+            shape.to_vec(),
+        );
+        b
+    }
+
+    fn add(&mut self, len: usize, dtype: DType, role: Role, shape: Vec<usize>) -> BufId {
+        self.buffers.push(Buffer {
+            len,
+            dtype,
+            role,
+            shape,
+            offset: 0,
+            first: usize::MAX,
+            last: 0,
+        });
+        self.buffers.len() - 1
+    }
+
+    /// A new intermediate buffer of `len` elements.
+    pub fn work(&mut self, len: usize, dtype: DType) -> BufId {
+        self.add(len, dtype, Role::Work, vec![len])
+    }
+
+    /// A new output buffer (f32) of `shape`.
+    pub fn output(&mut self, shape: Vec<usize>) -> BufId {
+        self.add(shape.iter().product(), DType::F32, Role::Output, shape)
+    }
+
+    /// Append an op.
+    pub fn push(&mut self, op: Op) {
+        let bufs = op.buffers();
+        debug_assert!(
+            bufs.iter().enumerate().all(|(i, a)| !bufs[..i].contains(a)),
+            "an op reads and writes one buffer twice: {op:?}"
+        );
+        let at = self.ops.len();
+        for id in bufs {
+            let b = &mut self.buffers[id];
+            b.first = b.first.min(at);
+            b.last = at;
+        }
+        self.ops.push(op);
+    }
+
+    /// Place the work buffers (first fit by lifetime, per dtype) and finish.
+    pub fn finish(mut self, outputs: Outputs) -> Plan {
+        let mut arena = [0usize; 2];
+        for (slot, dtype) in [DType::Act, DType::F32].into_iter().enumerate() {
+            let mut ids: Vec<BufId> = (0..self.buffers.len())
+                .filter(|&i| self.buffers[i].role == Role::Work && self.buffers[i].dtype == dtype)
+                .collect();
+            ids.sort_by_key(|&i| self.buffers[i].first);
+            // (offset, len, last use) of the buffers placed so far.
+            let mut placed: Vec<(usize, usize, usize)> = Vec::new();
+            for id in ids {
+                let (first, len) = (self.buffers[id].first, self.buffers[id].len);
+                let mut live: Vec<(usize, usize)> = placed
+                    .iter()
+                    .filter(|p| p.2 >= first)
+                    .map(|p| (p.0, p.0 + p.1))
+                    .collect();
+                live.sort_unstable();
+                let mut offset = 0;
+                for (start, end) in live {
+                    if start >= offset + len {
+                        break;
+                    }
+                    offset = offset.max(end);
+                }
+                self.buffers[id].offset = offset;
+                placed.push((offset, len, self.buffers[id].last));
+                arena[slot] = arena[slot].max(offset + len);
+            }
+        }
+        Plan {
+            input_shape: self.buffers[0].shape.clone().try_into().expect("4 dims"),
+            outputs,
+            ops: self.ops,
+            buffers: self.buffers,
+            arena,
+        }
+    }
+}
+
+/// The model's parameters, by id, each in the layout its op reads (conv weights
+/// as (Cout, k*k*Cin) in im2col order, depthwise weights tap-major (k*k, C),
+/// `A = -exp(A_logs)`), under the checkpoint name it came from.
+#[derive(Debug, Default)]
+pub struct Params {
+    names: Vec<String>,
+    dtypes: Vec<DType>,
+    data: Vec<Param>,
+}
+
+impl Params {
+    /// Register a parameter.
+    pub fn add(&mut self, name: &str, param: Param, dtype: DType) -> ParamId {
+        self.names.push(name.to_string());
+        self.dtypes.push(dtype);
+        self.data.push(param);
+        self.data.len() - 1
+    }
+
+    /// The parameter's elements.
+    pub fn data(&self, id: ParamId) -> &[f32] {
+        self.data[id].data()
+    }
+
+    /// (name, dtype, shape) of every parameter, by id.
+    pub fn table(&self) -> Vec<(&str, DType, &[usize])> {
+        (0..self.names.len())
+            .map(|i| (self.names[i].as_str(), self.dtypes[i], self.data[i].shape()))
+            .collect()
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_buffers_never_share_arena_space() {
+        let mut g = Builder::new([1, 1, 1, 4]);
+        let a = g.work(8, DType::Act);
+        let b = g.work(4, DType::Act);
+        let c = g.work(8, DType::Act);
+        let gelu = |buf| Op::Gelu { buf, len: 1 };
+        let mean = |src, dst| Op::MeanPool {
+            src,
+            dst,
+            b: 1,
+            hw: 1,
+            c: 1,
+        };
+        g.push(gelu(a));
+        g.push(mean(a, b)); // a dies here
+        g.push(mean(b, c)); // c may take a's place, not b's
+        let plan = g.finish(Outputs::Logits);
+        let at = |i: BufId| {
+            (
+                plan.buffers[i].offset,
+                plan.buffers[i].offset + plan.buffers[i].len,
+            )
+        };
+        assert_eq!(at(a), (0, 8));
+        assert_eq!(at(b), (8, 12));
+        assert_eq!(at(c), (0, 8));
+        assert_eq!(plan.arena, [12, 0]);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The checks a change to the CUDA path needs on an NVIDIA GPU machine: the GPU
+# test suite, then bench/bench_cuda.py, optionally beside a baseline wheel in
+# the same run (timings are only comparable on one machine).
+#
+#   bash scripts/gpu_check.sh WHEEL [BASE_WHEEL BASE_BENCH_SCRIPT]
+#
+# Installs each wheel into its own folder (no network needed: numpy, Pillow,
+# safetensors, CuPy and pytest must be there already); logs go to $OUT (or
+# ./gpu-check) as tests.log, bench.log, bench.json and base-bench.*.
+set -uo pipefail
+out=${OUT:-gpu-check}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+install() { rm -rf "$2" && "$py" -m pip install -q --no-index --no-deps --no-compile --target "$2" "$1"; }
+install "$1" /tmp/vmamba-new || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+PYTHONPATH=/tmp/vmamba-new "$py" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$out/tests.log" | tail -25
+status=${PIPESTATUS[0]}
+if [ $# -ge 3 ]; then
+    install "$2" /tmp/vmamba-base || exit 1
+    PYTHONPATH=/tmp/vmamba-base "$py" "$3" --json "$out/base-bench.json" 2>&1 | tee "$out/base-bench.log"
+fi
+PYTHONPATH=/tmp/vmamba-new "$py" bench/bench_cuda.py --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+exit "$status"
