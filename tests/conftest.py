@@ -10,6 +10,49 @@ GOLDEN = HERE / "golden"
 sys.path.insert(0, str(HERE))
 
 
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+HAS_GPU = _gpu_available()
+NO_GPU = "no CUDA GPU with CuPy here: GPU parity tests skipped"
+
+
+def use_fake_cupy(monkeypatch):
+    """Run the CUDA engine on tests/fakecupy.py (numpy on the CPU) for this test."""
+    import fakecupy
+
+    from vmamba_rt import gpu
+
+    monkeypatch.setattr(gpu, "_import_cupy", lambda: fakecupy)
+    monkeypatch.setattr(gpu, "_Cublas", fakecupy.Blas)
+    return fakecupy
+
+
+@pytest.fixture(params=["cpu", "cuda-fake", "cuda"])
+def device(request, monkeypatch):
+    """Each engine in turn, as the ``device`` argument of ``vmamba_rt.load``: the
+    CPU engine; the CUDA engine on a numpy stand-in for CuPy (its own logic, on
+    any machine); the CUDA engine on a real GPU, where there is one."""
+    if request.param == "cuda-fake":
+        use_fake_cupy(monkeypatch)
+        return "cuda"
+    if request.param == "cuda" and not HAS_GPU:
+        pytest.skip(NO_GPU)
+    return request.param
+
+
+def same(a, b, device) -> bool:
+    """Bit-identical on the CPU; on the GPU, where the scan adds its four
+    directions with atomics in no fixed order, within 1e-6 of the largest value."""
+    return np.array_equal(a, b) if device == "cpu" else rel_err(a, b) < 1e-6
+
+
 def golden_cases():
     """(case name, use_ema) for every golden case and weight set."""
     out = []

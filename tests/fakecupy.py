@@ -134,6 +134,13 @@ def _gelu(v):
     return (0.5 * v * (1 + np.vectorize(erf)(v / np.sqrt(2)))).astype(np.float32)
 
 
+def _act(v, code):
+    """The activations by the kernels' codes (cuda/common.cuh)."""
+    v = np.asarray(v, np.float32)
+    return [lambda: v, lambda: _gelu(v), lambda: _silu(v), lambda: np.where(v < 0, 0, v).astype(np.float32),
+            lambda: (1 / (1 + np.exp(-v))).astype(np.float32)][int(code)]()
+
+
 def _nchw_to_nhwc(x, y, B, C, H, W):
     y[: B * C * H * W] = x.reshape(B, C, H, W).transpose(0, 2, 3, 1).ravel()
 
@@ -159,9 +166,9 @@ def _patch_merge(x, y, B, H, W, C):
     y[: B * Ho * Wo * 4 * C] = np.concatenate(groups, -1).ravel()
 
 
-def _bias_act(x, bias, rows, n, gelu):
+def _bias_act(x, bias, rows, n, act):
     v = x[: rows * n].reshape(rows, n) + (0 if _v(bias) is None else bias)
-    x[: rows * n] = (_gelu(v) if gelu else v).ravel()
+    x[: rows * n] = _act(v, act).ravel()
 
 
 def _bias_to_f32(x, bias, out, rows, n):
@@ -187,30 +194,47 @@ def _residual_layernorm(x, y, bias, out, w, b, rows, C):
         out[: rows * C] = _ln(x[: rows * C].reshape(rows, C), w, b).ravel()
 
 
-def _layernorm_gate(y, out, z, z_stride, w, b, rows, C):
+def _layernorm_gate(y, out, z, z_stride, w, b, rows, C, gate_act):
     v = _ln(y[: rows * C].reshape(rows, C), w, b)
     if _v(z) is not None:
-        v = v * _silu(_rows(z, z_stride, rows, C))
+        v = v * _act(_rows(z, z_stride, rows, C), gate_act)
     out[: rows * C] = v.ravel()
 
 
-def _dwconv_silu(x, x_stride, u, w, bias, B, H, W, C, k):
+def _pointwise(x, xs, xo, y, rows, C, act, z, zs, zo, gate_act):
+    v = _act(_rows(x[xo:], xs, rows, C), act)
+    if _v(z) is not None:
+        v = v * _act(_rows(z[zo:], zs, rows, C), gate_act)
+    y[: rows * C] = v.ravel()
+
+
+def _spatial_softmax(x, y, B, HW, C):
+    v = x[: B * HW * C].reshape(B, HW, C).astype(np.float64)
+    e = np.exp(v - v.max(1, keepdims=True))
+    y[: B * HW * C] = (e / e.sum(1, keepdims=True)).ravel()
+
+
+def _dwconv_act(x, x_stride, u, w, bias, B, H, W, C, k, act):
     pad = k // 2
     img = np.pad(_rows(x, x_stride, B * H * W, C).reshape(B, H, W, C), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     s = np.zeros((B, H, W, C), np.float32) + (0 if _v(bias) is None else bias)
     for ky in range(k):
         for kx in range(k):
             s += img[:, ky : ky + H, kx : kx + W] * w[(ky * k + kx) * C : (ky * k + kx + 1) * C]
-    u[: B * H * W * C] = _silu(s).ravel()
+    u[: B * H * W * C] = _act(s, act).ravel()
 
 
 def _scan(n, r, write):
-    def kernel(u, xdbl, wdt, bias, A, D, y, carry_a, carry_h, B, H, W, Di, S, chunk):
+    def kernel(u, xdbl, wdt, bias, A, D, y, carry_a, carry_h, B, H, W, Di, S, chunk, paths):
         if not write:
             return  # the chunk-state pass: the CPU engine's scan needs none
+        from vmamba_rt.gpu import SCAN_PATHS
+
+        names = {code: name for name, code in SCAN_PATHS.items()}
         rows = B * H * W
         op = {"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": int(B), "h": int(H), "w": int(W), "di": int(Di),
-              "n": n, "r": r, "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3}
+              "n": n, "r": r, "paths": [names[(int(paths) >> (4 * k)) & 15] for k in range(4)],
+              "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3}
         bufs = [np.array(u[: rows * Di]), np.array(xdbl[: rows * 4 * (r + 2 * n)]), np.zeros(rows * Di, np.float32)]
         params = [np.array(p, np.float32) for p in (wdt, bias, A, D)]
         y[: rows * Di] += _native.run_op(json.dumps(op), bufs, params)[2]
@@ -221,7 +245,8 @@ def _scan(n, r, write):
 _KERNELS = {"nchw_to_nhwc": _nchw_to_nhwc, "nhwc_to_nchw": _nhwc_to_nchw, "im2col": _im2col,
             "patch_merge": _patch_merge, "bias_act": _bias_act, "bias_to_f32": _bias_to_f32, "mean_pool": _mean_pool,
             "layernorm": _layernorm, "residual_layernorm": _residual_layernorm, "layernorm_gate": _layernorm_gate,
-            "dwconv_silu": _dwconv_silu, "scan_carry": lambda *args: None}
+            "pointwise": _pointwise, "spatial_softmax": _spatial_softmax, "dwconv_act": _dwconv_act,
+            "scan_carry": lambda *args: None}
 
 
 class RawModule:

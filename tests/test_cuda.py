@@ -5,25 +5,14 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_cases, golden_meta, rel_err
+from conftest import GOLDEN, HAS_GPU, NO_GPU, golden_cases, golden_meta, rel_err, use_fake_cupy
 
 import vmamba_rt
 from vmamba_rt import gpu
 
 HAS_NVRTC = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.cuda_nvrtc") is not None
 
-
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-HAS_GPU = _gpu_available()
-needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU with CuPy here: GPU parity tests skipped")
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason=NO_GPU)
 
 # fp16 keeps 11 significant bits (relative rounding 4.9e-4), bf16 8 (3.9e-3). Each of
 # the ~20 residual steps of the small golden models rounds its activations once, and
@@ -88,13 +77,9 @@ BACKENDS = ["fake", "gpu"]
 def backend(request, monkeypatch):
     """Use the CUDA backend named by the test's parameter; returns its CuPy module."""
     if request.param == "fake":
-        import fakecupy
-
-        monkeypatch.setattr(gpu, "_import_cupy", lambda: fakecupy)
-        monkeypatch.setattr(gpu, "_Cublas", fakecupy.Blas)
-        return fakecupy
+        return use_fake_cupy(monkeypatch)
     if not HAS_GPU:
-        pytest.skip("no CUDA GPU with CuPy here: GPU parity tests skipped")
+        pytest.skip(NO_GPU)
     import cupy
 
     return cupy
@@ -190,8 +175,12 @@ def test_a_failed_capture_leaves_that_shape_eager_and_correct(converted, backend
     assert cuda.engine._plans[((1, 3, 40, 40), "logits")].graph is not None
 
 
+ACTS = ["none", "gelu", "silu", "relu", "sigmoid"]
+
+
 def _op_cases(rng):
-    """(op, buffer lengths, parameter lengths) on random shapes, every op kind."""
+    """(op, buffer lengths, parameter lengths, fp32 buffer ids) on random shapes,
+    every op kind and form."""
     r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
     b, h, w, c = r(1, 3), r(1, 9), r(1, 9), r(1, 40)
     rows = b * h * w
@@ -200,34 +189,70 @@ def _op_cases(rng):
     ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     inp, out = r(1, 70), r(1, 70)
     di, n, rank = r(1, 70), int(rng.choice([1, 4, 16])), r(1, 6)
-    stride_in = c + r(0, 5)
+    wide, off = c + r(0, 5), r(0, 5)
+    act = lambda: str(rng.choice(ACTS))  # noqa: E731
     cases = [
-        ({"op": "to_channels_last", "src": 0, "dst": 1, "b": b, "c": c, "h": h, "w": w}, [rows * c] * 2, []),
-        ({"op": "to_channels_first", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c}, [rows * c] * 2, []),
-        ({"op": "gelu", "buf": 0, "len": rows * c}, [rows * c], []),
-        ({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1}, [rows * c] * 2,
-         [c, c]),
+        ({"op": "to_channels_last", "src": 0, "dst": 1, "b": b, "c": c, "h": h, "w": w}, [rows * c] * 2, [], ()),
+        ({"op": "to_channels_first", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c}, [rows * c] * 2, [], ()),
+        ({"op": "act", "buf": 0, "len": rows * c, "act": act()}, [rows * c], [], ()),
+        ({"op": "add_param", "buf": 0, "b": b, "len": h * w * c, "param": 0}, [rows * c], [h * w * c], ()),
         ({"op": "patch_merge", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c},
-         [rows * c, b * ((h + 1) // 2) * ((w + 1) // 2) * 4 * c], []),
-        ({"op": "mean_pool", "src": 0, "dst": 1, "b": b, "hw": h * w, "c": c}, [rows * c, b * c], []),
-        ({"op": "dw_conv_silu", "src": 0, "src_stride": stride_in, "dst": 1, "b": b, "h": h, "w": w, "c": c,
-          "k": 3, "weight": 0, "bias": 1}, [rows * stride_in, rows * c], [9 * c, c]),
-        ({"op": "out_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1, "gate": 2,
-          "gate_stride": 2 * c, "gate_offset": c}, [rows * c, rows * c, rows * 2 * c], [c, c]),
-        ({"op": "out_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1, "gate": None,
-          "gate_stride": 0, "gate_offset": 0}, [rows * c] * 2, [c, c]),
-        ({"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": b, "h": h, "w": w, "di": di, "n": n, "r": rank,
-          "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3},
-         [rows * di, rows * 4 * (rank + 2 * n), rows * di], [4 * di * rank, 4 * di, 4 * di * n, 4 * di]),
+         [rows * c, b * ((h + 1) // 2) * ((w + 1) // 2) * 4 * c], [], ()),
+        ({"op": "mean_pool", "src": 0, "dst": 1, "b": b, "hw": h * w, "c": c}, [rows * c, b * c], [], ()),
+        ({"op": "im2col", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c, "k": k, "stride": stride, "pad": pad,
+          "ho": ho, "wo": wo}, [rows * c, b * ho * wo * k * k * c], [], ()),
+        ({"op": "spatial_softmax", "src": 0, "dst": 1, "b": b, "hw": h * w, "c": c}, [rows * c] * 2, [], (0,)),
     ]
-    cases.append(({"op": "im2col", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c, "k": k, "stride": stride,
-                   "pad": pad, "ho": ho, "wo": wo}, [rows * c, b * ho * wo * k * k * c], []))
+    for f32 in [(), (0,)]:  # from activations, and from the fp32 scan output
+        cases += [
+            ({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1}, [rows * c] * 2,
+             [c, c], f32),
+            ({"op": "pointwise", "src": 0, "src_stride": wide, "src_offset": off, "dst": 1, "rows": rows, "c": c,
+              "act": act(), "gate": None, "gate_stride": 0, "gate_offset": 0, "gate_act": "none"},
+             [rows * wide + off, rows * c], [], f32),
+            ({"op": "pointwise", "src": 0, "src_stride": c, "src_offset": 0, "dst": 1, "rows": rows, "c": c,
+              "act": "none", "gate": 2, "gate_stride": 2 * c, "gate_offset": c, "gate_act": act()},
+             [rows * c, rows * c, rows * 2 * c], [], f32),
+            ({"op": "dw_conv_act", "src": 0, "src_stride": wide, "dst": 1, "b": b, "h": h, "w": w, "c": c, "k": 3,
+              "weight": 0, "bias": 1 if f32 else None, "act": act()}, [rows * wide, rows * c], [9 * c, c], f32),
+        ]
+    # The gated out norm as the plan has it: LayerNorm of the fp32 scan output, then the gate (fused on a GPU).
+    cases.append(([{"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1},
+                   {"op": "pointwise", "src": 1, "src_stride": c, "src_offset": 0, "dst": 2, "rows": rows, "c": c,
+                    "act": "none", "gate": 3, "gate_stride": 2 * c, "gate_offset": c, "gate_act": act()}],
+                  [rows * c, rows * c, rows * c, rows * 2 * c], [c, c], (0,)))
+    for paths in (["raster", "transposed", "raster_rev", "transposed_rev"], ["raster", "rot90", "raster_rev", "rot270"],
+                  ["raster", "raster", "raster_rev", "raster_rev"]):
+        cases.append(({"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": b, "h": h, "w": w, "di": di, "n": n,
+                       "r": rank, "paths": paths, "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3},
+                      [rows * di, rows * 4 * (rank + 2 * n), rows * di],
+                      [4 * di * rank, 4 * di, 4 * di * n, 4 * di], (2,)))
     for bias in (True, False):
         for acc in (True, False):
             cases.append(({"op": "linear", "src": 0, "dst": 1, "rows": rows, "inp": inp, "out": out, "weight": 0,
                            "bias": 1 if bias else None, "accumulate": acc}, [rows * inp, rows * out],
-                          [out * inp, out]))
+                          [out * inp, out], ()))
     return cases
+
+
+# What the CUDA engine refuses (the cascade2d scan): each must be a clear error there.
+CPU_ONLY = [
+    ({"op": "transpose_hw", "src": 0, "dst": 1, "b": 2, "h": 3, "w": 5, "c": 4}, [120, 120], []),
+    ({"op": "layer_norm", "src": 0, "dst": 1, "rows": 6, "c": 4, "weight": None, "bias": None}, [24, 24], []),
+    ({"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": 1, "h": 1, "w": 5, "di": 3, "n": 1, "r": 1,
+      "paths": ["raster", "raster_rev_unflipped"], "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3},
+     [15, 30, 15], [6, 6, 6, 6]),
+]
+
+
+def _run_cpu(ops, bufs, params):
+    import json
+
+    from vmamba_rt import _native
+
+    for op in ops:
+        bufs = _native.run_op(json.dumps(op), bufs, params)
+    return bufs
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
@@ -235,24 +260,38 @@ def _op_cases(rng):
 def test_every_op_matches_the_cpu_engine(seed, backend):
     """Each op kind alone on random shapes: the CUDA engine against the Rust CPU
     engine (ggml's test-backend-ops, in small)."""
-    import json
-
-    from vmamba_rt import _native
-
     rng = np.random.default_rng(seed)
     kinds = set()
-    for op, lens, plens in _op_cases(rng):
+    for ops, lens, plens, f32 in _op_cases(rng):
+        ops = ops if isinstance(ops, list) else [ops]
         bufs = [rng.standard_normal(n).astype(np.float32) for n in lens]
         params = [rng.standard_normal(n).astype(np.float32) for n in plens]
-        if op["op"] == "cross_scan":
+        if ops[0]["op"] == "cross_scan":
             params[2] = -np.exp(0.5 * params[2])  # A = -exp(A_logs): negative, as in a model
             bufs[1] *= 0.5
-        want = _native.run_op(json.dumps(op), bufs, params)
-        got = gpu.run_op(op, bufs, params)
-        for g, w in zip(got, want, strict=True):
-            assert rel_err(g, w) < 1e-5, op
-        kinds.add(op["op"])
-    assert len(kinds) == 11, kinds  # every kind of plan op
+        want = _run_cpu(ops, bufs, params)
+        got = bufs
+        if len(ops) == 1:
+            got = gpu.run_op(ops[0], bufs, params, f32)
+        else:  # a fusion: the plan's two ops become one launch
+            got = gpu.run_ops(ops, bufs, params, f32)
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            if len(ops) > 1 and i == ops[0]["dst"]:
+                continue  # the fused-away intermediate
+            assert rel_err(g, w) < 1e-5, ops
+        kinds |= {op["op"] for op in ops}
+    assert len(kinds) == 13, kinds  # every kind of plan op but transpose_hw (cascade2d: CPU only)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("case", range(len(CPU_ONLY)))
+def test_ops_the_cuda_engine_lacks_are_clear_errors(case, backend):
+    op, lens, plens = CPU_ONLY[case]
+    bufs = [np.ones(n, np.float32) for n in lens]
+    params = [np.ones(n, np.float32) for n in plens]
+    _run_cpu([op], bufs, params)  # the CPU engine runs it
+    with pytest.raises(vmamba_rt.VMambaError, match="does not run .*device='cpu'"):
+        gpu.run_op(op, bufs, params)
 
 
 @needs_gpu

@@ -10,9 +10,9 @@ TOL = 1e-4  # of the expected output's largest magnitude (fp32)
 
 
 @pytest.mark.parametrize("case,ema", golden_cases(), ids=lambda v: str(v))
-def test_golden_case_matches_official_output(case, ema, converted):
+def test_golden_case_matches_official_output(case, ema, converted, device):
     meta = golden_meta(case)
-    model = vmamba_rt.load(converted(case, ema))
+    model = vmamba_rt.load(converted(case, ema), device=device)
     x = np.load(GOLDEN / f"{case}.input.npy")
     assert list(x.shape) == meta["input_shape"]
     if meta["backbone"]:
@@ -42,16 +42,16 @@ def test_ema_weights_differ_from_model_weights(converted):
     assert np.abs(a - b).max() > 1e-3
 
 
-def test_batch_elements_are_independent(converted):
-    model = vmamba_rt.load(converted("v0_small"))
+def test_batch_elements_are_independent(converted, device):
+    model = vmamba_rt.load(converted("v0_small"), device=device)
     x = np.load(GOLDEN / "v0_small.input.npy")
     both = model(x)
     for i in range(x.shape[0]):
         assert rel_err(model(x[i : i + 1]), both[i : i + 1]) < 1e-5
 
 
-def test_classifier_features_are_the_four_stage_outputs(converted):
-    model = vmamba_rt.load(converted("v2_s1_small"))
+def test_classifier_features_are_the_four_stage_outputs(converted, device):
+    model = vmamba_rt.load(converted("v2_s1_small"), device=device)
     feats = model.features(np.load(GOLDEN / "v2_s1_small.input.npy"))
     dims = model.config["dims"]
     # 72x56 input: stride 4, 8, 16, 32 with the v2 stem and v3 downsampling (ceil division)

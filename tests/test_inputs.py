@@ -2,19 +2,19 @@
 
 import numpy as np
 import pytest
-from conftest import GOLDEN
+from conftest import GOLDEN, same
 
 import vmamba_rt
 from vmamba_rt import VMambaError
 
 
-@pytest.fixture(scope="module")
-def model(converted):
-    return vmamba_rt.load(converted("v2_s1_small"))
+@pytest.fixture
+def model(converted, device):
+    return vmamba_rt.load(converted("v2_s1_small"), device=device)
 
 
-def test_backbone_has_no_logits(converted):
-    bb = vmamba_rt.load(converted("v2_backbone"))
+def test_backbone_has_no_logits(converted, device):
+    bb = vmamba_rt.load(converted("v2_backbone"), device=device)
     with pytest.raises(VMambaError, match="backbone.*features"):
         bb(np.zeros((1, 3, 64, 64), np.float32))
 
@@ -29,8 +29,8 @@ def test_bad_shapes(model, shape, match):
         model(np.zeros(shape, np.float32))
 
 
-def test_too_small_input_names_the_minimum(converted):
-    v1_stem = vmamba_rt.load(converted("v0_small"))  # 4x4 patches, stride 4
+def test_too_small_input_names_the_minimum(converted, device):
+    v1_stem = vmamba_rt.load(converted("v0_small"), device=device)  # 4x4 patches, stride 4
     assert v1_stem.min_size == 4
     with pytest.raises(VMambaError, match="input of 3x9 pixels is too small.*at least 4x4"):
         v1_stem(np.zeros((1, 3, 3, 9), np.float32))
@@ -42,11 +42,11 @@ def test_integer_input_is_refused(model):
         model(np.zeros((1, 3, 64, 64), np.uint8))
 
 
-def test_float64_and_non_contiguous_inputs_are_converted(model):
+def test_float64_and_non_contiguous_inputs_are_converted(model, device):
     x = np.load(GOLDEN / "v2_s1_small.input.npy")
     want = model(x)
-    assert np.array_equal(model(x.astype(np.float64).astype(np.float32)), want)
+    assert same(model(x.astype(np.float64).astype(np.float32)), want, device)
     wide = np.zeros((1, 3, x.shape[2], 2 * x.shape[3]), np.float32)
     wide[..., ::2] = x
-    assert np.array_equal(model(wide[..., ::2]), want)
+    assert same(model(wide[..., ::2]), want, device)
     assert np.allclose(model(x.astype(np.float64)), want, rtol=0, atol=1e-6)

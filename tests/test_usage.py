@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GOLDEN
+from conftest import GOLDEN, same
 from PIL import Image
 
 import vmamba_rt
@@ -176,30 +176,30 @@ def test_unknown_names_and_api_words():
     assert "--ema" not in str(e.value)
 
 
-def test_feature_info_and_out_indices():
-    model = vmamba_rt.load()
+def test_feature_info_and_out_indices(device):
+    model = vmamba_rt.load(device=device)
     assert [f["num_chs"] for f in model.feature_info] == [32, 64, 128, 256]
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
     x = np.zeros((2, 3, 64, 64), np.float32)
     maps = model.features(x, out_indices=[1, 3])
     assert [m.shape for m in maps] == [(2, 64, 8, 8), (2, 256, 2, 2)]
     all_maps = model.features(x)
-    assert np.array_equal(maps[1], all_maps[3])
-    picked = vmamba_rt.load(out_indices=[2])
+    assert same(maps[1], all_maps[3], device)
+    picked = vmamba_rt.load(out_indices=[2], device=device)
     assert [m.shape[1] for m in picked.features(x)] == [128] and picked.feature_info[0]["reduction"] == 16
     with pytest.raises(VMambaError, match="out_indices"):
         model.features(x, out_indices=[7])
 
 
-def test_backbone_feature_info_lists_its_outputs(converted):
-    model = vmamba_rt.load(converted("v2_backbone"))
+def test_backbone_feature_info_lists_its_outputs(converted, device):
+    model = vmamba_rt.load(converted("v2_backbone"), device=device)
     assert [f["index"] for f in model.feature_info] == model.config["out_indices"]
     with pytest.raises(VMambaError, match="backbone"):
         model.embeddings(np.zeros((1, 3, 64, 64), np.float32))
 
 
-def test_embeddings_are_the_pooled_pre_logits():
-    model = vmamba_rt.load()
+def test_embeddings_are_the_pooled_pre_logits(device):
+    model = vmamba_rt.load(device=device)
     x = model.preprocess.batch([str(IMAGES / "digit_3.png"), str(IMAGES / "digit_7.png")])
     emb = model.embeddings(x)
     assert emb.shape == (2, model.num_features) == (2, 256)

@@ -49,7 +49,7 @@ _LEGACY_RENAMES = [
     (re.compile(r"^head\."), "classifier.head."),
 ]
 
-_FORWARD_TYPES = {"v0", "v05_noz"}
+_ACTIVATIONS = ("silu", "gelu", "relu", "sigmoid")
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -146,10 +146,16 @@ def config_from_yacs(cfg: dict, src: str) -> dict | None:
     if not isinstance(vssm, dict) or "DEPTHS" not in vssm:
         return None
     ft = _field(vssm, "SSM_FORWARDTYPE", "v2", str, src=src)
-    if ft not in _FORWARD_TYPES:
-        raise ConversionError(f"{src}: SSM_FORWARDTYPE '{ft}' is not supported (supported: {sorted(_FORWARD_TYPES)})")
-    if _field(vssm, "SSM_ACT_LAYER", "silu", str, src=src) != "silu" or _field(vssm, "MLP_ACT_LAYER", "gelu", str, src=src) != "gelu":
-        raise ConversionError(f"{src}: only SiLU in SS2D and GELU in the MLP are supported")
+    acts = {}
+    for key, default in (("SSM_ACT_LAYER", "silu"), ("MLP_ACT_LAYER", "gelu")):
+        acts[key] = _field(vssm, key, default, str, src=src).lower()
+        if acts[key] not in _ACTIVATIONS:
+            raise ConversionError(f"{src}: config field {key} = {acts[key]!r} is not one of {list(_ACTIVATIONS)}")
+    norm_layer = _field(vssm, "NORM_LAYER", "ln", str, src=src).lower()
+    if norm_layer not in ("ln", "ln2d"):
+        # BatchNorm: the official code does not run it on a CPU either.
+        raise ConversionError(f"{src}: config field NORM_LAYER = {norm_layer!r} is not supported (ln, ln2d)")
+    data = cfg.get("DATA") if isinstance(cfg.get("DATA"), dict) else {}
     depths = vssm["DEPTHS"]
     if not isinstance(depths, (list, tuple)) or not 1 <= len(depths) <= MAX_STAGES:
         raise ConversionError(f"{src}: config field DEPTHS = {_short(depths)} must list 1 to {MAX_STAGES} stages")
@@ -162,10 +168,16 @@ def config_from_yacs(cfg: dict, src: str) -> dict | None:
         "ssm_d_state": _field(vssm, "SSM_D_STATE", 16, int, 1, 1024, src),
         "ssm_ratio": _field(vssm, "SSM_RATIO", 2.0, float, 0, 64, src),
         "ssm_dt_rank": rank,
-        "ssm_conv": _field(vssm, "SSM_CONV", 3, int, 1, 31, src),
+        "ssm_conv": _field(vssm, "SSM_CONV", 3, int, -1, 31, src),
         "ssm_conv_bias": _field(vssm, "SSM_CONV_BIAS", True, bool, src=src),
+        "ssm_act_layer": acts["SSM_ACT_LAYER"],
         "forward_type": ft,
         "mlp_ratio": _field(vssm, "MLP_RATIO", 4.0, float, 0, 64, src),
+        "mlp_act_layer": acts["MLP_ACT_LAYER"],
+        "gmlp": _field(vssm, "GMLP", False, bool, src=src),
+        "patch_norm": _field(vssm, "PATCH_NORM", True, bool, src=src),
+        "posembed": _field(vssm, "POSEMBED", False, bool, src=src),
+        "imgsize": _field(data, "IMG_SIZE", 224, int, 1, 1 << 16, src),
         "patchembed_version": _field(vssm, "PATCHEMBED", "v2", str, src=src),
         "downsample_version": _field(vssm, "DOWNSAMPLE", "v2", str, src=src),
         "num_classes": _field(model, "NUM_CLASSES", 1000, int, 0, 1 << 20, src),
@@ -241,15 +253,23 @@ def infer_config(sd: dict, src: str) -> dict:
                 di, n = a[0] // 4, a[1]
                 cfg["ssm_d_state"], cfg["ssm_ratio"] = n, di / c
                 inp = _shape(sd, f"{p}.op.in_proj.weight") or fail(f"no '{p}.op.in_proj.weight'")
-                cfg["forward_type"] = "v0" if inp[0] == 2 * di else "v05_noz"
-                conv = _shape(sd, f"{p}.op.conv2d.weight") or fail(f"no '{p}.op.conv2d.weight'")
-                cfg["ssm_conv"] = conv[-1]
+                conv = _shape(sd, f"{p}.op.conv2d.weight")
+                cfg["ssm_conv"] = conv[-1] if conv else -1
                 cfg["ssm_conv_bias"] = f"{p}.op.conv2d.bias" in sd
+                gated = inp[0] == 2 * di
+                # The out norm by its keys; with none, the parameter-free ones (identity,
+                # softmax, sigmoid) cannot be told apart: identity is the guess.
+                norm = next((post for key, post in (("out_norm.weight", ""), ("out_norm.1.weight", "_ondwconv3"),
+                                                   ("out_norm.0.weight", "_oncnorm")) if f"{p}.op.{key}" in sd),
+                            "_onnone")
+                vanilla = gated and norm == "" and cfg["ssm_conv"] == 3 and cfg["ssm_conv_bias"]
+                cfg["forward_type"] = "v0" if vanilla else f"v05{norm}{'' if gated else '_noz'}"
                 dtw = _shape(sd, f"{p}.op.dt_projs_weight") or fail(f"no '{p}.op.dt_projs_weight'")
                 ranks[c] = dtw[2]
-            fc1 = _shape(sd, f"{p}.mlp.fc1.weight")
+            fc1, fc2 = _shape(sd, f"{p}.mlp.fc1.weight"), _shape(sd, f"{p}.mlp.fc2.weight")
             if fc1 is not None:
-                cfg["mlp_ratio"] = fc1[0] / c
+                cfg["gmlp"] = fc2 is not None and len(fc2) == 2 and fc1[0] == 2 * fc2[1]
+                cfg["mlp_ratio"] = (fc1[0] // 2 if cfg["gmlp"] else fc1[0]) / c
     if ranks:
         if all(r == math.ceil(c / 16) for c, r in ranks.items()):
             cfg["ssm_dt_rank"] = "auto"
@@ -258,6 +278,11 @@ def infer_config(sd: dict, src: str) -> dict:
         else:
             fail(f"dt ranks {ranks} fit neither 'auto' nor one fixed rank")
 
+    cfg["patch_norm"] = "patch_embed.2.weight" in sd
+    if (pos := _shape(sd, "pos_embed")) is not None:
+        if len(pos) != 4 or pos[2] != pos[3]:
+            fail(f"'pos_embed' has shape {pos}; expected (1, C, S, S)")
+        cfg["posembed"], cfg["imgsize"] = True, pos[3] * 4
     outs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"outnorm(\d{1,3})\.weight$", k)))
     head = _shape(sd, "classifier.head.weight")
     if head is not None:

@@ -88,10 +88,22 @@ def kernel_names(t: str, scans: set[tuple[int, int]]) -> list[str]:
     """Template instantiations the model needs for activation type ``t``."""
     names = [f"{k}<{t}>" for k in ("nchw_to_nhwc", "nhwc_to_nchw", "im2col", "patch_merge", "bias_act",
                                    "bias_to_f32", "mean_pool", "layernorm", "residual_layernorm",
-                                   "layernorm_gate", "dwconv_silu")]
+                                   "layernorm_gate", "spatial_softmax")]
+    # Read from activations or from the fp32 scan output.
+    for k in ("pointwise", "dwconv_act"):
+        names += list(dict.fromkeys([f"{k}<{t}, {t}>", f"{k}<{t}, float>"]))
     for n, r in sorted(scans):
         names += [f"scan_chunks<{n}, {r}, {t}, false>", f"scan_chunks<{n}, {r}, {t}, true>"]
     return names + ["scan_carry"]
+
+
+# The plan's activations and scan paths as the kernels number them (cuda/common.cuh, cuda/scan.cu).
+ACT_CODES = {"none": 0, "gelu": 1, "silu": 2, "relu": 3, "sigmoid": 4}
+SCAN_PATHS = {"raster": 0, "transposed": 1, "raster_rev": 2, "transposed_rev": 3, "rot90": 4, "rot270": 5}
+
+
+def _unsupported(what: str) -> VMambaError:
+    return VMambaError(f"the CUDA engine does not run {what}; load this model with device='cpu'")
 
 
 def _scans(ops: list) -> set:
@@ -191,6 +203,10 @@ class CudaEngine:
     def __init__(self, native, *, dtype: str = "float32", graphs: bool = True):
         self._native = native
         self._setup(dtype, graphs, [(native.param(i), kind) for i, (_, kind, _) in enumerate(native.param_table())])
+        # Plan the smallest input now: a model with an op the engine lacks is refused at load.
+        side, chans = native.min_size, json.loads(native.config_json)["in_chans"]
+        with self._lock:
+            self._plan((1, chans, side, side), "features")
 
     def _setup(self, dtype: str, graphs: bool, params: list) -> None:
         """Everything but the plans' source: ``params`` is [(array, "act" | "f32")] by id."""
@@ -251,9 +267,7 @@ class CudaEngine:
 
     def _elementwise(self, name: str, n: int, *args):
         """A launch of one thread per element."""
-        kernel, grid = self._k(f"{name}<{self._t}>"), ((n + 255) // 256,)
-        args = self._args(args)
-        return lambda: kernel(grid, (256,), args)
+        return self._per_element(f"{name}<{self._t}>", n, *args)
 
     def _rowwise(self, name: str, rows: int, *args):
         """A launch of one warp per row, eight rows per block."""
@@ -308,7 +322,9 @@ class CudaEngine:
         does both; scratch the fusions and the scan need is allocated here."""
         cp, P = self.cp, self._params
         i32, i64 = np.int32, np.int64
-        ops, roles = plan["ops"], [b["role"] for b in plan["buffers"]]
+        ops, meta = plan["ops"], plan["buffers"]
+        roles = [b["role"] for b in meta]
+        f32 = [b.get("dtype") == "f32" for b in meta]  # fp32 work buffers (the scan's output)
         # Scratch: a GEMM result before its residual add or fp32 output; the scan's carries.
         staged = [op["rows"] * op["out"] for op in ops if op["op"] == "linear" and (op["accumulate"] or
                   roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
@@ -317,6 +333,9 @@ class CudaEngine:
                    for op in ops if op["op"] == "cross_scan"]
         carry_a = cp.empty(max(carries, default=1), cp.float32)
         carry_h = cp.empty(max(carries, default=1), cp.float32)
+
+        def src_type(buf: int) -> str:
+            return "float" if f32[buf] else self._t
 
         steps, i = [], 0
         while i < len(ops):
@@ -329,7 +348,8 @@ class CudaEngine:
                 if op["accumulate"]:
                     # dst += x W^T + b, fused with the next LayerNorm when it reads dst.
                     steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], tmp))
-                    norm = nxt if nxt["op"] == "layer_norm" and nxt["src"] == op["dst"] else None
+                    norm = nxt if nxt["op"] == "layer_norm" and nxt["src"] == op["dst"] and nxt["weight"] is not None \
+                        else None
                     if norm:
                         i += 1
                     steps.append(self._rowwise(
@@ -340,23 +360,49 @@ class CudaEngine:
                     steps.append(self._elementwise("bias_to_f32", rows * out, tmp, bias, dst, i64(rows), i32(out)))
                 else:
                     steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], dst))
-                    gelu = nxt["op"] == "gelu" and nxt["buf"] == op["dst"] and nxt["len"] == rows * out
-                    if gelu:
+                    # The activation on the result joins the bias epilogue.
+                    act = nxt["op"] == "act" and nxt["buf"] == op["dst"] and nxt["len"] == rows * out
+                    if act:
                         i += 1
-                    if bias is not None or gelu:
+                    if bias is not None or act:
+                        code = ACT_CODES[nxt["act"]] if act else 0
                         steps.append(self._elementwise("bias_act", rows * out, dst, bias, i64(rows), i32(out),
-                                                       i32(gelu)))
-            elif kind == "gelu":
+                                                       i32(code)))
+            elif kind == "act":
                 steps.append(self._elementwise("bias_act", op["len"], bufs[op["buf"]], None, i64(op["len"]), i32(1),
-                                               i32(1)))
+                                               i32(ACT_CODES[op["act"]])))
+            elif kind == "add_param":
+                steps.append(self._elementwise("bias_act", op["b"] * op["len"], bufs[op["buf"]], P[op["param"]],
+                                               i64(op["b"]), i32(op["len"]), i32(0)))
             elif kind == "layer_norm":
-                steps.append(self._rowwise("layernorm", op["rows"], bufs[op["src"]], i32(op["c"]), bufs[op["dst"]],
-                                           P[op["weight"]], P[op["bias"]], i64(op["rows"]), i32(op["c"])))
-            elif kind == "out_norm":
-                gate = bufs[op["gate"]][op["gate_offset"]:] if op["gate"] is not None else None
-                steps.append(self._rowwise("layernorm_gate", op["rows"], bufs[op["src"]], bufs[op["dst"]], gate,
-                                           i32(op["gate_stride"]), P[op["weight"]], P[op["bias"]], i64(op["rows"]),
-                                           i32(op["c"])))
+                if op["weight"] is None:
+                    raise _unsupported("a LayerNorm without weights (the cascade2d scan)")
+                rows, c = op["rows"], op["c"]
+                w, b = P[op["weight"]], P[op["bias"]]
+                if not f32[op["src"]]:
+                    steps.append(self._rowwise("layernorm", rows, bufs[op["src"]], i32(c), bufs[op["dst"]], w, b,
+                                               i64(rows), i32(c)))
+                    continue
+                # The fp32 scan output: LayerNorm, with the gate that follows fused in.
+                dst, gate, gate_stride, gate_act = bufs[op["dst"]], None, 0, 0
+                if (nxt["op"] == "pointwise" and nxt["src"] == op["dst"] and nxt["act"] == "none"
+                        and nxt["gate"] is not None and (nxt["src_stride"], nxt["src_offset"]) == (c, 0)
+                        and meta[op["dst"]]["last"] == i and not f32[nxt["gate"]]):
+                    i += 1
+                    dst, gate_stride, gate_act = bufs[nxt["dst"]], nxt["gate_stride"], ACT_CODES[nxt["gate_act"]]
+                    gate = bufs[nxt["gate"]][nxt["gate_offset"]:]
+                steps.append(self._rowwise("layernorm_gate", rows, bufs[op["src"]], dst, gate, i32(gate_stride), w, b,
+                                           i64(rows), i32(c), i32(gate_act)))
+            elif kind == "pointwise":
+                if op["gate"] is not None and f32[op["gate"]]:
+                    raise _unsupported("a gate read from fp32 values")
+                n = op["rows"] * op["c"]
+                name = f"pointwise<{self._t}, {src_type(op['src'])}>"
+                steps.append(self._per_element(name, n, bufs[op["src"]], i64(op["src_stride"]), i64(op["src_offset"]),
+                                          bufs[op["dst"]], i64(op["rows"]), i32(op["c"]), i32(ACT_CODES[op["act"]]),
+                                          bufs[op["gate"]] if op["gate"] is not None else None,
+                                          i64(op["gate_stride"]), i64(op["gate_offset"]),
+                                          i32(ACT_CODES[op["gate_act"]])))
             elif kind == "to_channels_last":
                 steps.append(self._elementwise("nchw_to_nhwc", op["b"] * op["c"] * op["h"] * op["w"], bufs[op["src"]],
                                                bufs[op["dst"]], i32(op["b"]), i32(op["c"]), i32(op["h"]), i32(op["w"])))
@@ -381,29 +427,47 @@ class CudaEngine:
                 if to_output:
                     steps.append(self._elementwise("bias_to_f32", b * c, pooled, None, bufs[op["dst"]], i64(b),
                                                    i32(c)))
-            elif kind == "dw_conv_silu":
+            elif kind == "dw_conv_act":
                 n = op["b"] * op["h"] * op["w"] * op["c"]
                 bias = P[op["bias"]] if op["bias"] is not None else None
-                steps.append(self._elementwise("dwconv_silu", n, bufs[op["src"]], i32(op["src_stride"]),
-                                               bufs[op["dst"]], P[op["weight"]], bias, i32(op["b"]), i32(op["h"]),
-                                               i32(op["w"]), i32(op["c"]), i32(op["k"])))
+                name = f"dwconv_act<{self._t}, {src_type(op['src'])}>"
+                steps.append(self._per_element(name, n, bufs[op["src"]], i32(op["src_stride"]), bufs[op["dst"]],
+                                          P[op["weight"]], bias, i32(op["b"]), i32(op["h"]), i32(op["w"]),
+                                          i32(op["c"]), i32(op["k"]), i32(ACT_CODES[op["act"]])))
+            elif kind == "spatial_softmax":
+                if not f32[op["src"]]:
+                    raise _unsupported("a softmax over activations that are not fp32")
+                steps.append(self._elementwise("spatial_softmax", op["b"] * op["c"], bufs[op["src"]], bufs[op["dst"]],
+                                               i32(op["b"]), i32(op["hw"]), i32(op["c"])))
             elif kind == "cross_scan":
                 steps += self._scan(op, bufs, carry_a, carry_h)
+            elif kind == "transpose_hw":
+                raise _unsupported("the cascade2d scan (forward_type v052dc)")
             else:
-                raise VMambaError(f"the CUDA engine has no kernel for op {kind!r}")
+                raise _unsupported(f"op {kind!r}")
         return steps
+
+    def _per_element(self, name: str, n: int, *args):
+        """One thread per element, of a kernel named with its template arguments."""
+        kernel, grid = self._k(name), ((n + 255) // 256,)
+        args = self._args(args)
+        return lambda: kernel(grid, (256,), args)
 
     def _scan(self, op: dict, bufs: list, carry_a, carry_h) -> list:
         """The chunked four-direction scan (cuda/scan.cu): chunk states, carries, output."""
         i32, i64 = np.int32, np.int64
         b, h, w, di, n, r = op["b"], op["h"], op["w"], op["di"], op["n"], op["r"]
         P, y = self._params, bufs[op["dst"]]
+        if len(op["paths"]) != 4 or not set(op["paths"]) <= SCAN_PATHS.keys():
+            raise _unsupported(f"a scan along {op['paths']} (the cascade2d scan)")
+        paths = sum(SCAN_PATHS[p] << (4 * k) for k, p in enumerate(op["paths"]))
         chunks = self._chunks(b, di, h * w)
         chunk = -(-(h * w) // chunks)
         block = min(128, 32 * -(-di // 32))
         grid = ((di + block - 1) // block, 4 * chunks, b)
         args = self._args((bufs[op["u"]], bufs[op["xdbl"]], P[op["dt_weight"]], P[op["dt_bias"]], P[op["a"]],
-                           P[op["d"]], y, carry_a, carry_h, i32(b), i32(h), i32(w), i32(di), i32(chunks), i32(chunk)))
+                           P[op["d"]], y, carry_a, carry_h, i32(b), i32(h), i32(w), i32(di), i32(chunks), i32(chunk),
+                           i32(paths)))
         name = f"scan_chunks<{n}, {r}, {self._t}, "
         steps = [y.fill.__self__.fill if False else (lambda: y.fill(0))]  # the scan adds the four directions
         if chunks > 1:
@@ -478,16 +542,26 @@ class CudaEngine:
         return self.run(x, "features")
 
 
-def run_op(op: dict, buffers: list, params: list) -> list:
+def run_op(op: dict, buffers: list, params: list, f32: tuple = ()) -> list:
     """Run one plan op on the GPU, float32: the twin of ``_native.run_op`` (the
     CPU engine) for op-level tests. ``buffers`` and ``params`` are numpy arrays
-    by id; returns the buffers after the op."""
+    by id, ``f32`` the ids of buffers a plan would keep in fp32 (the scan's
+    output: some ops read those with other kernels); returns the buffers after
+    the op."""
+    return run_ops([op], buffers, params, f32)
+
+
+def run_ops(ops: list, buffers: list, params: list, f32: tuple = ()) -> list:
+    """``run_op`` for a few ops in a row, fused where a plan's would be."""
     engine = CudaEngine.__new__(CudaEngine)
     engine._setup("float32", False, [(p, "f32") for p in params])
     cp = engine.cp
     bufs = [cp.asarray(np.ascontiguousarray(b, np.float32).reshape(-1)) for b in buffers]
-    engine._compile(_scans([op]))
-    steps = engine._steps({"ops": [op], "buffers": [{"role": "work"} for _ in bufs]}, bufs)
+    last = {op[key]: i for i, op in enumerate(ops) for key in ("src", "dst", "buf", "gate", "u", "xdbl")
+            if op.get(key) is not None}
+    meta = [{"role": "work", "dtype": "f32" if i in f32 else "act", "last": last.get(i, 0)} for i in range(len(bufs))]
+    engine._compile(_scans(ops))
+    steps = engine._steps({"ops": ops, "buffers": meta}, bufs)
     with engine._stream:
         for step in steps:
             step()

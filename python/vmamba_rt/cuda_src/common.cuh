@@ -15,6 +15,17 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + __expf(-x)); }
 __device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// Activations by code, as the plan's `Act` (gpu.py ACT_CODES): 0 none, 1 GELU,
+// 2 SiLU, 3 ReLU, 4 sigmoid.
+__device__ __forceinline__ float act_f(float x, int act) {
+    switch (act) {
+        case 1: return gelu_f(x);
+        case 2: return silu_f(x);
+        case 3: return x < 0.0f ? 0.0f : x;  // NaN stays NaN
+        case 4: return 1.0f / (1.0f + __expf(-x));
+        default: return x;
+    }
+}
 // softplus with the reference threshold: x itself above 20.
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 

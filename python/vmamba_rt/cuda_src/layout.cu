@@ -51,13 +51,41 @@ __global__ void patch_merge(const T* __restrict__ x, T* __restrict__ y, int B, i
     y[i] = (iy < H && ix < W) ? x[(((long long)b * H + iy) * W + ix) * C + c] : from_f<T>(0.0f);
 }
 
-// x (rows, n) += bias (may be null), then GELU if asked: the GEMM epilogues.
+// x (rows, n) += bias (may be null), then the activation `act` (common.cuh): the
+// GEMM epilogues, activations in place, and a learned map added to each image.
 template <typename T>
-__global__ void bias_act(T* __restrict__ x, const float* __restrict__ bias, long long rows, int n, int gelu) {
+__global__ void bias_act(T* __restrict__ x, const float* __restrict__ bias, long long rows, int n, int act) {
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= rows * n) return;
     float v = to_f(x[i]) + (bias ? bias[i % n] : 0.0f);
-    x[i] = from_f<T>(gelu ? gelu_f(v) : v);
+    x[i] = from_f<T>(act_f(v, act));
+}
+
+// y (rows, C) = act(x) * gate_act(z), z may be null; x is T or fp32 (S).
+// Row r, channel c of x is x[r * xs + xo + c], of z z[r * zs + zo + c].
+template <typename T, typename S>
+__global__ void pointwise(const S* __restrict__ x, long long xs, long long xo, T* __restrict__ y, long long rows, int C,
+                          int act, const T* __restrict__ z, long long zs, long long zo, int gate_act) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= rows * C) return;
+    long long r = i / C;
+    int c = i % C;
+    float v = act_f(to_f(x[r * xs + xo + c]), act);
+    if (z) v *= act_f(to_f(z[r * zs + zo + c]), gate_act);
+    y[i] = from_f<T>(v);
+}
+
+// Softmax over the HW pixels of each channel: x (B, HW, C) fp32 -> y, one thread per (b, c).
+template <typename T>
+__global__ void spatial_softmax(const float* __restrict__ x, T* __restrict__ y, int B, int HW, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= B * C) return;
+    int c = i % C, b = i / C;
+    const float* xb = x + (long long)b * HW * C + c;
+    float m = -__int_as_float(0x7f800000), s = 0.0f;  // -inf (NVRTC has no math.h)
+    for (int p = 0; p < HW; ++p) m = fmaxf(m, xb[(long long)p * C]);
+    for (int p = 0; p < HW; ++p) s += __expf(xb[(long long)p * C] - m);
+    for (int p = 0; p < HW; ++p) y[((long long)b * HW + p) * C + c] = from_f<T>(__expf(xb[(long long)p * C] - m) / s);
 }
 
 // out (rows, n) fp32 = x + bias (the classifier's epilogue).

@@ -42,10 +42,12 @@ __global__ void residual_layernorm(T* __restrict__ x, const T* __restrict__ y, c
         out[row * C + c] = from_f<T>((to_f(xr[c]) - mean) * inv * w[c] + b[c]);
 }
 
-// SS2D's out_norm with the v0 gate fused: out = LN(y) * SiLU(z) (z may be null).
+// SS2D's out_norm of the fp32 scan output with the gate fused: out = LN(y) * act(z)
+// (z may be null; act as in common.cuh).
 template <typename T>
 __global__ void layernorm_gate(const float* __restrict__ y, T* __restrict__ out, const T* __restrict__ z, int z_stride,
-                               const float* __restrict__ w, const float* __restrict__ b, long long rows, int C) {
+                               const float* __restrict__ w, const float* __restrict__ b, long long rows, int C,
+                               int gate_act) {
     long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
     if (row >= rows) return;
     const float* yr = y + row * C;
@@ -53,7 +55,7 @@ __global__ void layernorm_gate(const float* __restrict__ y, T* __restrict__ out,
     row_stats(yr, C, mean, inv);
     for (int c = threadIdx.x & 31; c < C; c += 32) {
         float v = (yr[c] - mean) * inv * w[c] + b[c];
-        if (z) v *= silu_f(to_f(z[row * z_stride + c]));
+        if (z) v *= act_f(to_f(z[row * z_stride + c]), gate_act);
         out[row * C + c] = from_f<T>(v);
     }
 }

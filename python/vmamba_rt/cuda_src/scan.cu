@@ -1,9 +1,10 @@
 // The fused SS2D core: cross-scan + dt projection + selective scan + cross-merge.
 //
 // One thread runs one chain (image b, direction k, channel d) over one chunk of
-// its sequence. Direction k walks the pixel grid in its own order (row-major,
-// column-major, and both reversed), so no scanned copies of the activations are
-// made, and each step adds its output into y at that pixel (the merge).
+// its sequence. Direction k walks the pixel grid in its own order (`paths`, four
+// bits a direction: row-major, column-major, both reversed, or rotated), so no
+// scanned copies of the activations are made, and each step adds its output into
+// y at that pixel (the merge).
 //
 // Small batches have too few chains to fill the GPU, so the sequence is cut into
 // S chunks and scanned in three steps (the recurrence h = a*h + b is linear):
@@ -15,11 +16,19 @@
 // With S = 1 only step 3 runs (from h = 0).
 #include "common.cuh"
 
-// Pixel (row-major index) visited at step l of direction k on an H x W grid.
-__device__ __forceinline__ int position(int k, int l, int H, int W) {
+// Pixel (row-major index) visited at step l of a path on an H x W grid. Codes as
+// gpu.py SCAN_PATHS: 0 raster, 1 transposed, 2 raster reversed, 3 transposed
+// reversed, 4 rotated 90 degrees, 5 rotated 270 degrees.
+__device__ __forceinline__ int position(int path, int l, int H, int W) {
     int L = H * W;
-    if (k >= 2) l = L - 1 - l;
-    return (k & 1) ? (l % H) * W + l / H : l;
+    switch (path) {
+        case 1: return (l % H) * W + l / H;
+        case 2: return L - 1 - l;
+        case 3: l = L - 1 - l; return (l % H) * W + l / H;
+        case 4: return (l % H) * W + (W - 1 - l / H);
+        case 5: return (H - 1 - l % H) * W + l / H;
+        default: return l;
+    }
 }
 
 // u: (B*L, Di)    xdbl: (B*L, 4, R+2N) holding dt (R), B (N), C (N)
@@ -30,7 +39,7 @@ template <int N, int R, typename T, bool WRITE>
 __global__ void scan_chunks(const T* __restrict__ u, const T* __restrict__ xdbl, const float* __restrict__ wdt,
                             const float* __restrict__ bias, const float* __restrict__ A, const float* __restrict__ D,
                             float* __restrict__ y, float* __restrict__ carry_a, float* __restrict__ carry_h,
-                            int B, int H, int W, int Di, int S, int chunk) {
+                            int B, int H, int W, int Di, int S, int chunk, int paths) {
     int d = blockIdx.x * blockDim.x + threadIdx.x;
     int s = blockIdx.y % S, k = blockIdx.y / S, b = blockIdx.z;
     if (d >= Di) return;
@@ -50,7 +59,7 @@ __global__ void scan_chunks(const T* __restrict__ u, const T* __restrict__ xdbl,
     float delta_sum = 0.0f;
     int l0 = s * chunk, l1 = min(L, l0 + chunk);
     for (int l = l0; l < l1; ++l) {
-        long long row = (long long)b * L + position(k, l, H, W);
+        long long row = (long long)b * L + position((paths >> (4 * k)) & 15, l, H, W);
         const T* x = xdbl + row * XS + k * (R + 2 * N);
         float dt = dbias;
 #pragma unroll

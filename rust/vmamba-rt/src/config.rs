@@ -5,17 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// How SS2D combines the scanned signal (docs/model.md §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ForwardType {
-    /// Vanilla VMamba: `in_proj` yields `[x, z]` and the output is gated by `SiLU(z)`.
-    #[serde(rename = "v0")]
-    V0,
-    /// VMamba v2 releases: no gate.
-    #[serde(rename = "v05_noz")]
-    V05NoZ,
-}
+use crate::variant::{Act, Ss2dForm};
 
 /// Patch-embedding stem (docs/model.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,8 +42,20 @@ pub enum DtRank {
     Named(String),
 }
 
-fn default_conv() -> usize {
+fn default_conv() -> i64 {
     3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ssm_act() -> Act {
+    Act::Silu
+}
+fn default_mlp_act() -> Act {
+    Act::Gelu
+}
+fn default_imgsize() -> usize {
+    224
 }
 fn default_in_chans() -> usize {
     3
@@ -79,15 +81,33 @@ pub struct Config {
     /// Rank of the dt projection.
     #[serde(default = "default_dt_rank")]
     pub ssm_dt_rank: DtRank,
-    /// Kernel size of the depthwise convolution in SS2D.
+    /// Kernel size of the depthwise convolution in SS2D (odd); below 2: no convolution.
     #[serde(default = "default_conv")]
-    pub ssm_conv: usize,
+    pub ssm_conv: i64,
     /// Whether that convolution has a bias.
     pub ssm_conv_bias: bool,
-    /// SS2D variant.
-    pub forward_type: ForwardType,
+    /// Activation in SS2D (after the convolution, and on the gate).
+    #[serde(default = "default_ssm_act")]
+    pub ssm_act_layer: Act,
+    /// SS2D variant, as the official `forward_type` string (see [`Ss2dForm`]).
+    pub forward_type: String,
     /// MLP hidden width as a multiple of the stage width (0: no MLP).
     pub mlp_ratio: f64,
+    /// Activation in the MLP.
+    #[serde(default = "default_mlp_act")]
+    pub mlp_act_layer: Act,
+    /// A gated MLP: fc1 yields [x, z] and fc2 reads x * act(z).
+    #[serde(default)]
+    pub gmlp: bool,
+    /// LayerNorms in the stem (off: none).
+    #[serde(default = "default_true")]
+    pub patch_norm: bool,
+    /// A learned position embedding added after the stem, for `imgsize` inputs only.
+    #[serde(default)]
+    pub posembed: bool,
+    /// The input side the position embedding was made for.
+    #[serde(default = "default_imgsize")]
+    pub imgsize: usize,
     /// Stem variant.
     pub patchembed_version: StemVersion,
     /// Downsampling variant.
@@ -122,6 +142,33 @@ impl Config {
         match &self.ssm_dt_rank {
             DtRank::Fixed(r) => *r,
             DtRank::Named(_) => c.div_ceil(16),
+        }
+    }
+
+    /// What `forward_type` selects (checked by `validate`).
+    pub fn ss2d_form(&self) -> Result<Ss2dForm> {
+        Ss2dForm::parse(&self.forward_type)
+    }
+
+    /// Kernel size of SS2D's depthwise convolution, if it has one. The vanilla
+    /// form always has a 3x3 one (with bias), whatever the config says.
+    pub fn dwconv(&self) -> Option<usize> {
+        match self.ss2d_form() {
+            Ok(f) if f.vanilla => Some(3),
+            _ => (self.ssm_conv > 1).then_some(self.ssm_conv as usize),
+        }
+    }
+
+    /// Whether that convolution has a bias.
+    pub fn dwconv_bias(&self) -> bool {
+        self.ss2d_form().is_ok_and(|f| f.vanilla) || self.ssm_conv_bias
+    }
+
+    /// SS2D's activation (SiLU in the vanilla form, whatever the config says).
+    pub fn ssm_act(&self) -> Act {
+        match self.ss2d_form() {
+            Ok(f) if f.vanilla => Act::Silu,
+            _ => self.ssm_act_layer,
         }
     }
 
@@ -202,8 +249,24 @@ impl Config {
         if matches!(self.ssm_dt_rank, DtRank::Fixed(0)) {
             return bad("ssm_dt_rank must be positive".into());
         }
-        if self.ssm_conv == 0 || self.ssm_conv.is_multiple_of(2) {
-            return bad(format!("ssm_conv must be odd, got {}", self.ssm_conv));
+        if self.ssm_conv > 1 && self.ssm_conv % 2 == 0 {
+            return bad(format!(
+                "ssm_conv must be odd (or below 2: no convolution), got {}",
+                self.ssm_conv
+            ));
+        }
+        self.ss2d_form()?;
+        if self.ssm_act_layer == Act::None || self.mlp_act_layer == Act::None {
+            return bad(
+                "ssm_act_layer and mlp_act_layer name an activation: silu, gelu, relu or sigmoid"
+                    .into(),
+            );
+        }
+        if self.posembed && (self.imgsize < self.patch_size || self.imgsize > 1 << 16) {
+            return bad(format!(
+                "imgsize {} out of range for the position embedding",
+                self.imgsize
+            ));
         }
         for i in 0..self.depths.len() {
             let c = self.stage_dim(i);
@@ -269,11 +332,11 @@ impl Config {
                 self.ssm_d_state as f64,
                 self.dt_rank(self.stage_dim(i)) as f64,
             );
-            let k2 = (self.ssm_conv * self.ssm_conv) as f64;
+            let k2 = self.dwconv().map_or(0.0, |k| (k * k) as f64);
             let ssm = if self.ssm_ratio > 0.0 {
                 2.0 * c
                     + 2.0 * di * c
-                    + di * (k2 + 1.0)
+                    + di * (k2 + 10.0)
                     + 4.0 * di * (2.0 * r + 2.0 * n + n + 2.0)
                     + 2.0 * di
                     + c * di
@@ -281,8 +344,9 @@ impl Config {
                 0.0
             };
             let h = self.mlp_hidden(self.stage_dim(i)) as f64;
+            let fc = if self.gmlp { 3.0 } else { 2.0 }; // a gated MLP's fc1 is twice as wide
             let mlp = if h > 0.0 {
-                2.0 * c + 2.0 * h * c + h + c
+                2.0 * c + fc * h * c + 2.0 * h + c
             } else {
                 0.0
             };
@@ -292,7 +356,12 @@ impl Config {
             }
             total += 2.0 * c; // an outnorm
         }
-        total + (self.num_classes as f64 + 2.0) * self.stage_dim(n_stages - 1) as f64
+        let pos = if self.posembed {
+            c0 * (self.imgsize / self.patch_size).pow(2) as f64
+        } else {
+            0.0
+        };
+        total + pos + (self.num_classes as f64 + 2.0) * self.stage_dim(n_stages - 1) as f64
     }
 
     /// Names of the released configurations (docs/model.md §6).
@@ -336,12 +405,14 @@ impl Config {
             ssm_dt_rank: default_dt_rank(),
             ssm_conv: 3,
             ssm_conv_bias: !v2,
-            forward_type: if v2 {
-                ForwardType::V05NoZ
-            } else {
-                ForwardType::V0
-            },
+            ssm_act_layer: Act::Silu,
+            forward_type: if v2 { "v05_noz" } else { "v0" }.into(),
             mlp_ratio: if v2 { 4.0 } else { 0.0 },
+            mlp_act_layer: Act::Gelu,
+            gmlp: false,
+            patch_norm: true,
+            posembed: false,
+            imgsize: 224,
             patchembed_version: if v2 { StemVersion::V2 } else { StemVersion::V1 },
             downsample_version: if v2 {
                 DownsampleVersion::V3
@@ -370,7 +441,7 @@ mod tests {
         assert_eq!(c.mlp_hidden(96), 384);
         let v = Config::preset("vanilla-vmamba-tiny").unwrap();
         assert_eq!(v.d_inner(96), 192);
-        assert_eq!(v.forward_type, ForwardType::V0);
+        assert!(v.ss2d_form().unwrap().vanilla);
     }
 
     #[test]

@@ -48,7 +48,14 @@ impl Workspaces {
 /// (the scan's per-direction deltas).
 fn scratch_len(op: &Op) -> usize {
     match *op {
-        Op::CrossScan { b, h, w, di, .. } => 4 * b * h * w * di,
+        Op::CrossScan {
+            b,
+            h,
+            w,
+            di,
+            ref paths,
+            ..
+        } => paths.len() * b * h * w * di,
         _ => 0,
     }
 }
@@ -74,8 +81,9 @@ impl Buffers {
     fn get_mut(&self, id: BufId) -> &mut [f32] {
         let (p, n) = self.at[id];
         // SAFETY: as in `get`. Buffers that are live at the same op never overlap
-        // (plan::Builder::finish), an op names each buffer once, and the input is
-        // never an op's destination, so this slice aliases no other in use.
+        // (plan::Builder::finish), an op never reads the buffer it writes
+        // (`Op::aliases`), and the input is never written, so this slice aliases
+        // no other in use.
         unsafe { std::slice::from_raw_parts_mut(p, n) }
     }
 }
@@ -119,18 +127,14 @@ pub(crate) fn run(plan: &Plan, ps: &Params, input: &[f32], pool: &Workspaces) ->
 }
 
 /// Run one op on buffers of its own (indexed by the op's buffer ids), for
-/// op-level tests. Refuses ids out of range or named twice; kernels check sizes.
+/// op-level tests. Refuses buffer ids out of range and an op that reads the
+/// buffer it writes; the kernels check sizes.
 pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
-    let ids = op.buffers();
-    if let Some(bad) = ids
-        .iter()
-        .enumerate()
-        .find(|&(i, id)| *id >= buffers.len() || ids[..i].contains(id))
-    {
-        return Err(Error::Usage(format!(
-            "op names buffer {} out of range or twice",
-            bad.1
-        )));
+    if let Some(bad) = op.buffers().into_iter().find(|&id| id >= buffers.len()) {
+        return Err(Error::Usage(format!("op names buffer {bad}, out of range")));
+    }
+    if op.aliases() {
+        return Err(Error::Usage("op reads the buffer it writes".into()));
     }
     let at = buffers
         .iter_mut()
@@ -194,7 +198,13 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
                 matmul::add_bias(y, out, ps.data(bias));
             }
         }
-        Op::Gelu { buf, len } => act::gelu_inplace(&mut put(buf)[..len]),
+        Op::Act { buf, len, act } => act::act_inplace(&mut put(buf)[..len], act),
+        Op::AddParam { buf, b, len, param } => {
+            let p = ps.data(param);
+            put(buf)[..b * len]
+                .par_chunks_mut(len)
+                .for_each(|img| img.iter_mut().zip(p).for_each(|(x, v)| *x += v));
+        }
         Op::LayerNorm {
             src,
             dst,
@@ -202,16 +212,49 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             c,
             weight,
             bias,
-        } => norm::layer_norm(
-            get(src),
-            c,
-            put(dst),
-            c,
+        } => {
+            // Without an affine part: weight 1, bias 0 (only the cascade scan does this).
+            let plain;
+            let (w, b) = match (weight, bias) {
+                (Some(w), Some(b)) => (ps.data(w), ps.data(b)),
+                _ => {
+                    plain = (vec![1.0; c], vec![0.0; c]);
+                    (&plain.0[..], &plain.1[..])
+                }
+            };
+            norm::layer_norm(get(src), c, put(dst), c, rows, w, b)
+        }
+        Op::Pointwise {
+            src,
+            src_stride,
+            src_offset,
+            dst,
             rows,
-            ps.data(weight),
-            ps.data(bias),
-        ),
-        Op::DwConvSilu {
+            c,
+            act,
+            gate,
+            gate_stride,
+            gate_offset,
+            gate_act,
+        } => {
+            let (x, y, z) = (get(src), put(dst), gate.map(get));
+            y[..rows * c]
+                .par_chunks_mut(c)
+                .enumerate()
+                .for_each(|(i, yr)| {
+                    let xr = &x[i * src_stride + src_offset..][..c];
+                    yr.iter_mut()
+                        .zip(xr)
+                        .for_each(|(o, v)| *o = act::apply(act, *v));
+                    if let Some(z) = z {
+                        let zr = &z[i * gate_stride + gate_offset..][..c];
+                        yr.iter_mut()
+                            .zip(zr)
+                            .for_each(|(o, g)| *o *= act::apply(gate_act, *g));
+                    }
+                });
+        }
+        Op::DwConvAct {
             src,
             src_stride,
             dst,
@@ -222,7 +265,8 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             k,
             weight,
             bias,
-        } => conv::dwconv_silu(
+            act,
+        } => conv::dwconv_act(
             get(src),
             src_stride,
             b,
@@ -232,6 +276,7 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             k,
             ps.data(weight),
             bias.map(|i| ps.data(i)),
+            act,
             put(dst),
         ),
         Op::CrossScan {
@@ -244,23 +289,26 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             di,
             n,
             r,
+            ref paths,
             dt_weight,
             dt_bias,
             a,
             d,
         } => {
-            let (rows, xs) = (b * h * w, 4 * (r + 2 * n));
+            let (rows, k) = (b * h * w, paths.len());
+            let xs = k * (r + 2 * n);
             let xdbl = get(xdbl);
-            // delta_in[k] = dt_k @ dt_projs_weight[k]^T: (4, rows, Di)
-            let delta = &mut scratch[..4 * rows * di];
-            for (k, out) in delta.chunks_mut(rows * di).enumerate() {
-                let dt = Mat::strided(&xdbl[k * (r + 2 * n)..], rows, r, xs);
-                let wk = Mat::new(&ps.data(dt_weight)[k * di * r..(k + 1) * di * r], di, r);
+            // delta_in[k] = dt_k @ dt_projs_weight[k]^T: (K, rows, Di)
+            let delta = &mut scratch[..k * rows * di];
+            for (kk, out) in delta.chunks_mut(rows * di).enumerate() {
+                let dt = Mat::strided(&xdbl[kk * (r + 2 * n)..], rows, r, xs);
+                let wk = Mat::new(&ps.data(dt_weight)[kk * di * r..(kk + 1) * di * r], di, r);
                 matmul::matmul_nt(dt, wk, out, di, false);
             }
             let y = put(dst);
-            y.fill(0.0); // the scan adds the four directions into y
+            y.fill(0.0); // the scan adds the directions into y
             let s = scan::CrossScan {
+                paths,
                 batch: b,
                 h,
                 w,
@@ -276,28 +324,45 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             };
             scan::cross_selective_scan(&s, y);
         }
-        Op::OutNorm {
+        Op::SpatialSoftmax { src, dst, b, hw, c } => {
+            let (x, y) = (get(src), put(dst));
+            y[..b * hw * c]
+                .par_chunks_mut(hw * c)
+                .zip(x.par_chunks(hw * c))
+                .for_each(|(yi, xi)| {
+                    for ch in 0..c {
+                        let max = (0..hw).fold(f32::NEG_INFINITY, |m, p| m.max(xi[p * c + ch]));
+                        let mut sum = 0.0f64;
+                        for p in 0..hw {
+                            let e = math::exp(xi[p * c + ch] - max);
+                            yi[p * c + ch] = e;
+                            sum += e as f64;
+                        }
+                        let inv = (1.0 / sum) as f32;
+                        (0..hw).for_each(|p| yi[p * c + ch] *= inv);
+                    }
+                });
+        }
+        Op::TransposeHw {
             src,
             dst,
-            rows,
+            b,
+            h,
+            w,
             c,
-            weight,
-            bias,
-            gate,
-            gate_stride,
-            gate_offset,
         } => {
-            let y = put(dst);
-            norm::layer_norm(get(src), c, y, c, rows, ps.data(weight), ps.data(bias));
-            if let Some(gate) = gate {
-                let z = get(gate);
-                y.par_chunks_mut(c).enumerate().for_each(|(i, yr)| {
-                    let zr = &z[i * gate_stride + gate_offset..][..c];
-                    yr.iter_mut()
-                        .zip(zr)
-                        .for_each(|(v, z)| *v *= math::silu(*z));
+            let (x, y) = (get(src), put(dst));
+            // Output row `col` of image `bi` is input column `col`.
+            y[..b * h * w * c]
+                .par_chunks_mut(h * c)
+                .enumerate()
+                .for_each(|(row, out)| {
+                    let (bi, col) = (row / w, row % w);
+                    for r in 0..h {
+                        out[r * c..(r + 1) * c]
+                            .copy_from_slice(&x[((bi * h + r) * w + col) * c..][..c]);
+                    }
                 });
-            }
         }
         Op::PatchMerge {
             src,

@@ -41,6 +41,7 @@ pub mod memory;
 pub mod model;
 pub mod plan;
 pub mod preprocess;
+pub mod variant;
 pub mod weights;
 
 #[cfg(test)]

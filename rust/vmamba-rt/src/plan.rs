@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::variant::{Act, ScanPath};
 use crate::weights::Param;
 
 /// Index of a buffer in [`Plan::buffers`].
@@ -103,20 +104,44 @@ pub enum Op {
         bias: Option<ParamId>,
         accumulate: bool,
     },
-    /// buf[..len] = GELU(buf[..len]) (exact, erf form).
-    Gelu { buf: BufId, len: usize },
-    /// dst (rows, C) = LayerNorm(src (rows, C)), eps 1e-5.
+    /// buf[..len] = act(buf[..len]).
+    Act { buf: BufId, len: usize, act: Act },
+    /// buf (B, N) += param (N) for every image: a learned map added to a batch.
+    AddParam {
+        buf: BufId,
+        b: usize,
+        len: usize,
+        param: ParamId,
+    },
+    /// dst (rows, C) = LayerNorm(src (rows, C)), eps 1e-5; without weight and bias
+    /// the plain normalisation.
     LayerNorm {
         src: BufId,
         dst: BufId,
         rows: usize,
         c: usize,
-        weight: ParamId,
-        bias: ParamId,
+        weight: Option<ParamId>,
+        bias: Option<ParamId>,
     },
-    /// dst (B, H, W, C) = SiLU(depthwise k x k conv of src + bias), same padding;
+    /// dst (rows, C) = act(src) * gate_act(gate), elementwise; act(src) without a
+    /// gate. Row i, channel j of src is `src[i * src_stride + src_offset + j]`, of
+    /// the gate `gate[i * gate_stride + gate_offset + j]`.
+    Pointwise {
+        src: BufId,
+        src_stride: usize,
+        src_offset: usize,
+        dst: BufId,
+        rows: usize,
+        c: usize,
+        act: Act,
+        gate: Option<BufId>,
+        gate_stride: usize,
+        gate_offset: usize,
+        gate_act: Act,
+    },
+    /// dst (B, H, W, C) = act(depthwise k x k conv of src + bias), same padding;
     /// src rows are `src_stride` apart (the first C channels are read).
-    DwConvSilu {
+    DwConvAct {
         src: BufId,
         src_stride: usize,
         dst: BufId,
@@ -127,10 +152,12 @@ pub enum Op {
         k: usize,
         weight: ParamId,
         bias: Option<ParamId>,
+        act: Act,
     },
-    /// The four-direction selective scan with cross-merge (docs/model.md §5):
-    /// u (B*H*W, Di) and xdbl (B*H*W, 4*(R+2N)) -> dst (B*H*W, Di), f32.
-    /// Params: dt_weight (4, Di, R), dt_bias (4*Di), a = -exp(A_logs) (4*Di, N), d (4*Di).
+    /// The selective scan of K = `paths.len()` directions and their merge
+    /// (docs/model.md §5): u (B*H*W, Di) and xdbl (B*H*W, K*(R+2N)) -> dst
+    /// (B*H*W, Di), f32. Direction k walks `paths[k]` over each H x W map.
+    /// Params: dt_weight (K, Di, R), dt_bias (K*Di), a = -exp(A_logs) (K*Di, N), d (K*Di).
     CrossScan {
         u: BufId,
         xdbl: BufId,
@@ -141,23 +168,28 @@ pub enum Op {
         di: usize,
         n: usize,
         r: usize,
+        paths: Vec<ScanPath>,
         dt_weight: ParamId,
         dt_bias: ParamId,
         a: ParamId,
         d: ParamId,
     },
-    /// dst (rows, C) = LayerNorm(src (rows, C), f32), times SiLU(gate) when a gate is
-    /// given: gate row i, channel j at `gate[i * gate_stride + gate_offset + j]`.
-    OutNorm {
+    /// dst (B, H, W, C) = softmax of src (B, H, W, C) over the H*W pixels of each channel.
+    SpatialSoftmax {
         src: BufId,
         dst: BufId,
-        rows: usize,
+        b: usize,
+        hw: usize,
         c: usize,
-        weight: ParamId,
-        bias: ParamId,
-        gate: Option<BufId>,
-        gate_stride: usize,
-        gate_offset: usize,
+    },
+    /// dst (B, W, H, C) = src (B, H, W, C) with rows and columns swapped.
+    TransposeHw {
+        src: BufId,
+        dst: BufId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
     },
     /// dst (B, ceil(H/2), ceil(W/2), 4C) = the 2x2 neighbours of src (B, H, W, C),
     /// groups (0,0), (1,0), (0,1), (1,1) as (row, col) offsets; zeros past an odd edge.
@@ -189,7 +221,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// The buffers the op reads and writes.
+    /// The buffers the op reads and writes (one it only reads may be named twice).
     pub fn buffers(&self) -> Vec<BufId> {
         use Op::*;
         match *self {
@@ -197,14 +229,43 @@ impl Op {
             | Im2col { src, dst, .. }
             | Linear { src, dst, .. }
             | LayerNorm { src, dst, .. }
-            | DwConvSilu { src, dst, .. }
+            | DwConvAct { src, dst, .. }
             | PatchMerge { src, dst, .. }
             | MeanPool { src, dst, .. }
+            | SpatialSoftmax { src, dst, .. }
+            | TransposeHw { src, dst, .. }
             | ToChannelsFirst { src, dst, .. } => vec![src, dst],
-            OutNorm { src, dst, gate, .. } => [src, dst].into_iter().chain(gate).collect(),
-            Gelu { buf, .. } => vec![buf],
+            Pointwise { src, dst, gate, .. } => [src, dst].into_iter().chain(gate).collect(),
+            Act { buf, .. } | AddParam { buf, .. } => vec![buf],
             CrossScan { u, xdbl, dst, .. } => vec![u, xdbl, dst],
         }
+    }
+
+    /// The buffer the op writes.
+    pub fn written(&self) -> BufId {
+        use Op::*;
+        match *self {
+            Act { buf, .. } | AddParam { buf, .. } => buf,
+            ToChannelsLast { dst, .. }
+            | Im2col { dst, .. }
+            | Linear { dst, .. }
+            | LayerNorm { dst, .. }
+            | DwConvAct { dst, .. }
+            | PatchMerge { dst, .. }
+            | MeanPool { dst, .. }
+            | SpatialSoftmax { dst, .. }
+            | TransposeHw { dst, .. }
+            | ToChannelsFirst { dst, .. }
+            | Pointwise { dst, .. }
+            | CrossScan { dst, .. } => dst,
+        }
+    }
+
+    /// True when the op writes a buffer it also names in another field: the
+    /// engines give each field its own slice, so a plan never holds such an op.
+    pub fn aliases(&self) -> bool {
+        let w = self.written();
+        self.buffers().iter().filter(|&&b| b == w).count() > 1
     }
 }
 
@@ -299,11 +360,8 @@ impl Builder {
 
     /// Append an op.
     pub fn push(&mut self, op: Op) {
+        debug_assert!(!op.aliases(), "an op reads the buffer it writes: {op:?}");
         let bufs = op.buffers();
-        debug_assert!(
-            bufs.iter().enumerate().all(|(i, a)| !bufs[..i].contains(a)),
-            "an op reads and writes one buffer twice: {op:?}"
-        );
         let at = self.ops.len();
         for id in bufs {
             let b = &mut self.buffers[id];
@@ -405,7 +463,11 @@ mod tests {
         let a = g.work(8, DType::Act);
         let b = g.work(4, DType::Act);
         let c = g.work(8, DType::Act);
-        let gelu = |buf| Op::Gelu { buf, len: 1 };
+        let gelu = |buf| Op::Act {
+            buf,
+            len: 1,
+            act: Act::Gelu,
+        };
         let mean = |src, dst| Op::MeanPool {
             src,
             dst,

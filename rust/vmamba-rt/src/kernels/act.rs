@@ -4,6 +4,56 @@ use rayon::prelude::*;
 
 use super::math;
 use super::simd::dispatch;
+use crate::variant::Act;
+
+/// `act(v)`.
+#[inline(always)]
+pub fn apply(act: Act, v: f32) -> f32 {
+    match act {
+        Act::None => v,
+        Act::Silu => math::silu(v),
+        Act::Gelu => math::gelu(v),
+        // NaN stays NaN, as in PyTorch.
+        Act::Relu => {
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        }
+        Act::Sigmoid => 1.0 / (1.0 + math::exp(-v)),
+    }
+}
+
+#[inline(always)]
+fn act_body(x: &mut [f32], act: Act) {
+    for v in x.iter_mut() {
+        *v = apply(act, *v);
+    }
+}
+
+dispatch!(fn act_chunk(x: &mut [f32], act: Act) => act_body);
+
+/// `x = act(x)` in place.
+pub fn act_inplace(x: &mut [f32], act: Act) {
+    match act {
+        Act::None => {}
+        Act::Gelu => gelu_inplace(x),
+        _ => x.par_chunks_mut(CHUNK).for_each(|c| act_chunk(c, act)),
+    }
+}
+
+/// Reference activations in f64 (libm's erf for GELU).
+pub fn act_ref(act: Act, v: f32) -> f32 {
+    let x = v as f64;
+    match act {
+        Act::None => v,
+        Act::Silu => (x / (1.0 + (-x).exp())) as f32,
+        Act::Gelu => gelu_ref(v),
+        Act::Relu => v.max(0.0),
+        Act::Sigmoid => (1.0 / (1.0 + (-x).exp())) as f32,
+    }
+}
 
 const CHUNK: usize = 1 << 14;
 
@@ -31,6 +81,21 @@ pub fn gelu_ref(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::testutil::randn;
+
+    #[test]
+    fn every_activation_matches_its_reference() {
+        let x: Vec<f32> = randn(10_000, 3).iter().map(|v| v * 6.0).collect();
+        for act in [Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid] {
+            let mut y = x.clone();
+            act_inplace(&mut y, act);
+            for (a, b) in x.iter().zip(&y) {
+                assert!(
+                    (act_ref(act, *a) - b).abs() <= 1e-6 * a.abs().max(1.0),
+                    "{act:?}({a})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn gelu_matches_reference() {

@@ -4,8 +4,9 @@
 
 use rayon::prelude::*;
 
-use super::math;
+use super::act;
 use super::simd::dispatch;
+use crate::variant::Act;
 
 /// Output size of a convolution along one axis.
 pub fn out_size(n: usize, k: usize, stride: usize, pad: usize) -> usize {
@@ -70,11 +71,11 @@ pub fn conv_weight_to_cols(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<
 }
 
 /// One output row `y` of a depthwise k x k convolution, stride 1, "same"
-/// padding, then SiLU. x: one image (H, W, C) with pixel stride `x_stride`
+/// padding, then the activation. x: one image (H, W, C) with pixel stride `x_stride`
 /// (>= C); wt: (k*k, C) tap-major; out: (W, C).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dwconv_silu_row(
+fn dwconv_act_row(
     x: &[f32],
     x_stride: usize,
     h: usize,
@@ -84,6 +85,7 @@ fn dwconv_silu_row(
     wt: &[f32],
     bias: Option<&[f32]>,
     y: usize,
+    act: Act,
     out: &mut [f32],
 ) {
     let pad = k / 2;
@@ -111,16 +113,16 @@ fn dwconv_silu_row(
             }
         }
         for v in o.iter_mut() {
-            *v = math::silu(*v);
+            *v = act::apply(act, *v);
         }
     }
 }
 
-dispatch!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y: usize, out: &mut [f32]) => dwconv_silu_row);
+dispatch!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y: usize, act: Act, out: &mut [f32]) => dwconv_act_row);
 
-/// Depthwise convolution + SiLU over a batch; see `dwconv_silu_row` for layouts.
+/// Depthwise convolution + activation over a batch; see `dwconv_act_row` for layouts.
 #[allow(clippy::too_many_arguments)]
-pub fn dwconv_silu(
+pub fn dwconv_act(
     x: &[f32],
     x_stride: usize,
     b: usize,
@@ -130,6 +132,7 @@ pub fn dwconv_silu(
     k: usize,
     wt: &[f32],
     bias: Option<&[f32]>,
+    act: Act,
     out: &mut [f32],
 ) {
     assert_eq!(out.len(), b * h * w * c);
@@ -137,12 +140,13 @@ pub fn dwconv_silu(
     out.par_chunks_mut(w * c).enumerate().for_each(|(row, o)| {
         let (bi, y) = (row / h, row % h);
         let img = &x[bi * h * w * x_stride..];
-        dwconv_chunk(img, x_stride, h, w, c, k, wt, bias, y, o);
+        dwconv_chunk(img, x_stride, h, w, c, k, wt, bias, y, act, o);
     });
 }
 
-/// Reference depthwise conv + SiLU on an NCHW map: x (C, H, W), w (C, k, k).
-pub fn dwconv_silu_ref(
+/// Reference depthwise conv + activation on an NCHW map: x (C, H, W), w (C, k, k).
+#[allow(clippy::too_many_arguments)]
+pub fn dwconv_act_ref(
     x: &[f32],
     h: usize,
     w: usize,
@@ -150,6 +154,7 @@ pub fn dwconv_silu_ref(
     k: usize,
     wt: &[f32],
     bias: Option<&[f32]>,
+    act: Act,
 ) -> Vec<f32> {
     let pad = (k / 2) as isize;
     let mut out = vec![0.0f32; c * h * w];
@@ -166,8 +171,7 @@ pub fn dwconv_silu_ref(
                         }
                     }
                 }
-                let s = s as f32;
-                out[(ch * h + y as usize) * w + xx as usize] = s / (1.0 + (-s).exp());
+                out[(ch * h + y as usize) * w + xx as usize] = act::act_ref(act, s as f32);
             }
         }
     }
@@ -192,23 +196,25 @@ mod tests {
                 wt[t * c + ch] = wt_ref[ch * k * k + t];
             }
         }
-        let mut got = vec![0.0; b * h * w * c];
-        dwconv_silu(&x, c, b, h, w, c, k, &wt, Some(&bias), &mut got);
-        for bi in 0..b {
-            let mut nchw = vec![0.0; c * h * w];
-            for p in 0..h * w {
-                for ch in 0..c {
-                    nchw[ch * h * w + p] = x[(bi * h * w + p) * c + ch];
+        for act in [Act::Silu, Act::Relu, Act::None] {
+            let mut got = vec![0.0; b * h * w * c];
+            dwconv_act(&x, c, b, h, w, c, k, &wt, Some(&bias), act, &mut got);
+            for bi in 0..b {
+                let mut nchw = vec![0.0; c * h * w];
+                for p in 0..h * w {
+                    for ch in 0..c {
+                        nchw[ch * h * w + p] = x[(bi * h * w + p) * c + ch];
+                    }
                 }
-            }
-            let want = dwconv_silu_ref(&nchw, h, w, c, k, &wt_ref, Some(&bias));
-            let mut got_nchw = vec![0.0; c * h * w];
-            for p in 0..h * w {
-                for ch in 0..c {
-                    got_nchw[ch * h * w + p] = got[(bi * h * w + p) * c + ch];
+                let want = dwconv_act_ref(&nchw, h, w, c, k, &wt_ref, Some(&bias), act);
+                let mut got_nchw = vec![0.0; c * h * w];
+                for p in 0..h * w {
+                    for ch in 0..c {
+                        got_nchw[ch * h * w + p] = got[(bi * h * w + p) * c + ch];
+                    }
                 }
+                assert!(max_abs_diff(&got_nchw, &want) < 1e-5, "{act:?}");
             }
-            assert!(max_abs_diff(&got_nchw, &want) < 1e-5);
         }
     }
 

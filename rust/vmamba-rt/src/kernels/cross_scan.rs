@@ -5,13 +5,7 @@
 
 /// Position in the image (row-major `h*W + w`) of sequence step `l` of direction `k`.
 pub fn position(k: usize, l: usize, h: usize, w: usize) -> usize {
-    let n = h * w;
-    let l = if k >= 2 { n - 1 - l } else { l };
-    if k.is_multiple_of(2) {
-        l
-    } else {
-        (l % h) * w + l / h
-    }
+    crate::variant::ScanPath::CROSS[k].position(l, h, w)
 }
 
 /// x (C, H, W) -> xs (4, C, L): the four scan orders.

@@ -9,10 +9,10 @@
 
 use rayon::prelude::*;
 
-use super::cross_scan::position;
 use super::math::{exp_core, softplus};
 use super::simd::dispatch;
 use super::SharedMut;
+use crate::variant::ScanPath;
 
 /// Reference selective scan, one batch element, in the official layout:
 /// u, delta (K*Di, L); a (K*Di, N) (already -exp(A_logs)); b, c (K, N, L);
@@ -56,9 +56,12 @@ pub fn selective_scan_ref(
 /// Channels per vector block (one 64-byte cache line of f32).
 const LANES: usize = 16;
 
-/// Inputs of the fused four-direction scan for a batch, all channel-last.
+/// Inputs of the fused multi-direction scan for a batch, all channel-last. K is
+/// the number of directions (`paths.len()`, 4 in the released models).
 #[derive(Debug)]
 pub struct CrossScan<'a> {
+    /// The order each direction walks through the map.
+    pub paths: &'a [ScanPath],
     /// Images in the batch.
     pub batch: usize,
     /// Height of each map.
@@ -73,72 +76,60 @@ pub struct CrossScan<'a> {
     pub r: usize,
     /// u: (B*L, Di), the conv output, pixel order.
     pub u: &'a [f32],
-    /// delta before bias and softplus: (4, B*L, Di).
+    /// delta before bias and softplus: (K, B*L, Di).
     pub delta: &'a [f32],
-    /// Projections: (B*L, 4, R+2N) holding dt, B, C for each direction.
+    /// Projections: (B*L, K, R+2N) holding dt, B, C for each direction.
     pub xdbl: &'a [f32],
-    /// A = -exp(A_logs): (4*Di, N).
+    /// A = -exp(A_logs): (K*Di, N).
     pub a: &'a [f32],
-    /// Skip weights D: (4*Di).
+    /// Skip weights D: (K*Di).
     pub d: &'a [f32],
-    /// dt bias: (4*Di).
+    /// dt bias: (K*Di).
     pub bias: &'a [f32],
 }
 
 impl CrossScan<'_> {
     fn check(&self) {
-        let rows = self.batch * self.h * self.w;
+        let (rows, k) = (self.batch * self.h * self.w, self.paths.len());
         assert_eq!(self.u.len(), rows * self.di, "u");
-        assert_eq!(self.delta.len(), 4 * rows * self.di, "delta");
-        assert_eq!(self.xdbl.len(), rows * 4 * (self.r + 2 * self.n), "xdbl");
-        assert_eq!(self.a.len(), 4 * self.di * self.n, "A");
-        assert_eq!(self.d.len(), 4 * self.di, "D");
-        assert_eq!(self.bias.len(), 4 * self.di, "bias");
+        assert_eq!(self.delta.len(), k * rows * self.di, "delta");
+        assert_eq!(self.xdbl.len(), rows * k * (self.r + 2 * self.n), "xdbl");
+        assert_eq!(self.a.len(), k * self.di * self.n, "A");
+        assert_eq!(self.d.len(), k * self.di, "D");
+        assert_eq!(self.bias.len(), k * self.di, "bias");
     }
 }
 
-/// Direction `k`'s walk through the pixel grid as `lines` runs of `len` steps:
-/// run `i` starts at pixel `start + i * line_step` and moves by `step`.
+/// A path's walk through the pixel grid as `lines` runs of `len` steps: run `i`
+/// starts at pixel `start + i * line_step` and moves by `step`. With `mirror`,
+/// the output of the step at pixel p lands on pixel H*W-1-p.
 struct Walk {
     lines: usize,
     len: usize,
     start: isize,
     line_step: isize,
     step: isize,
+    mirror: bool,
 }
 
 impl Walk {
-    fn new(k: usize, h: usize, w: usize) -> Self {
-        let (hw, wi) = ((h * w) as isize, w as isize);
-        match k {
-            0 => Walk {
-                lines: 1,
-                len: h * w,
-                start: 0,
-                line_step: 0,
-                step: 1,
-            },
-            1 => Walk {
-                lines: w,
-                len: h,
-                start: 0,
-                line_step: 1,
-                step: wi,
-            },
-            2 => Walk {
-                lines: 1,
-                len: h * w,
-                start: hw - 1,
-                line_step: 0,
-                step: -1,
-            },
-            _ => Walk {
-                lines: w,
-                len: h,
-                start: hw - 1,
-                line_step: -1,
-                step: -wi,
-            },
+    fn new(path: ScanPath, h: usize, w: usize) -> Self {
+        let (hw, hi, wi) = ((h * w) as isize, h as isize, w as isize);
+        let (lines, len, start, line_step, step) = match path {
+            ScanPath::Raster => (1, h * w, 0, 0, 1),
+            ScanPath::Transposed => (w, h, 0, 1, wi),
+            ScanPath::RasterRev | ScanPath::RasterRevUnflipped => (1, h * w, hw - 1, 0, -1),
+            ScanPath::TransposedRev => (w, h, hw - 1, -1, -wi),
+            ScanPath::Rot90 => (w, h, wi - 1, -1, wi),
+            ScanPath::Rot270 => (w, h, (hi - 1) * wi, 1, -wi),
+        };
+        Walk {
+            lines,
+            len,
+            start,
+            line_step,
+            step,
+            mirror: path == ScanPath::RasterRevUnflipped,
         }
     }
 }
@@ -203,7 +194,7 @@ fn scan_block<const FULL: bool>(
     y: SharedMut,
 ) {
     let (di, n, hw) = (s.di, s.n, s.h * s.w);
-    let xs = 4 * (s.r + 2 * s.n);
+    let xs = s.paths.len() * (s.r + 2 * s.n);
     let ch0 = k * di + d0;
     let mut consts = BlockConsts {
         a: vec![[0.0f32; LANES]; n],
@@ -219,7 +210,7 @@ fn scan_block<const FULL: bool>(
     let u_img = &s.u[img * hw * di + d0..];
     let delta = &s.delta[(k * s.batch + img) * hw * di + d0..];
     let bc_img = &s.xdbl[img * hw * xs + k * (s.r + 2 * n) + s.r..];
-    let walk = Walk::new(k, s.h, s.w);
+    let walk = Walk::new(s.paths[k], s.h, s.w);
     for line in 0..walk.lines {
         let mut p = walk.start + line as isize * walk.line_step;
         for _ in 0..walk.len {
@@ -227,10 +218,11 @@ fn scan_block<const FULL: bool>(
             let u = load::<FULL>(&u_img[pu * di..], nc);
             let dr = load::<FULL>(&delta[pu * di..], nc);
             let acc = step(&u, &dr, &bc_img[pu * xs..][..2 * n], &consts, &mut h);
+            let pw = if walk.mirror { hw - 1 - pu } else { pu };
             // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
-            // caller), and the index is inside y because pu < H*W.
+            // caller), and the index is inside y because pw < H*W.
             unsafe {
-                let out = y.0.add((img * hw + pu) * di + d0);
+                let out = y.0.add((img * hw + pw) * di + d0);
                 for (i, v) in acc.iter().enumerate().take(if FULL { LANES } else { nc }) {
                     *out.add(i) += v;
                 }
@@ -243,7 +235,7 @@ fn scan_block<const FULL: bool>(
 #[inline(always)]
 fn scan_task(s: &CrossScan, img: usize, d0: usize, y: SharedMut) {
     let nc = (s.di - d0).min(LANES);
-    for k in 0..4 {
+    for k in 0..s.paths.len() {
         if nc == LANES {
             scan_block::<true>(s, img, d0, nc, k, y);
         } else {
@@ -254,8 +246,8 @@ fn scan_task(s: &CrossScan, img: usize, d0: usize, y: SharedMut) {
 
 dispatch!(fn scan_task_dispatch(s: &CrossScan, img: usize, d0: usize, y: SharedMut) => scan_task);
 
-/// Four-direction selective scan with cross-merge: adds the merged result into
-/// `y` (B*L, Di), which the caller zeroes first.
+/// Multi-direction selective scan with its merge: adds every direction's output
+/// into `y` (B*L, Di), which the caller zeroes first.
 pub fn cross_selective_scan(s: &CrossScan, y: &mut [f32]) {
     s.check();
     assert_eq!(y.len(), s.batch * s.h * s.w * s.di, "y");
@@ -268,45 +260,43 @@ pub fn cross_selective_scan(s: &CrossScan, y: &mut [f32]) {
     });
 }
 
-/// The same computation, composed from the reference pieces: cross-scan,
-/// `selective_scan_ref`, cross-merge. Returns y (B*L, Di).
+/// The same computation from the plain recurrence: each direction's sequences
+/// gathered along its path, `selective_scan_ref`, and the outputs added back
+/// where the path puts them. Returns y (B*L, Di).
 pub fn cross_selective_scan_ref(s: &CrossScan) -> Vec<f32> {
     s.check();
-    let (hw, di, n, r) = (s.h * s.w, s.di, s.n, s.r);
-    let xs = 4 * (r + 2 * n);
+    let (hw, di, n, r, k) = (s.h * s.w, s.di, s.n, s.r, s.paths.len());
+    let xs = k * (r + 2 * n);
     let mut y = vec![0.0f32; s.batch * hw * di];
     for img in 0..s.batch {
         let rows = img * hw;
-        // Channel-first copies of u and delta, then the official sequence layouts.
-        let mut u_cf = vec![0.0f32; di * hw];
-        for p in 0..hw {
-            for ch in 0..di {
-                u_cf[ch * hw + p] = s.u[(rows + p) * di + ch];
-            }
-        }
-        let us = super::cross_scan::cross_scan_ref(&u_cf, di, s.h, s.w);
-        let mut delta = vec![0.0f32; 4 * di * hw];
-        let mut b = vec![0.0f32; 4 * n * hw];
-        let mut c = vec![0.0f32; 4 * n * hw];
-        for k in 0..4 {
+        // The official layouts: u, delta (K*Di, L); B, C (K, N, L).
+        let mut us = vec![0.0f32; k * di * hw];
+        let mut delta = vec![0.0f32; k * di * hw];
+        let mut b = vec![0.0f32; k * n * hw];
+        let mut c = vec![0.0f32; k * n * hw];
+        for (kk, path) in s.paths.iter().enumerate() {
             for t in 0..hw {
-                let p = position(k, t, s.h, s.w);
+                let p = path.position(t, s.h, s.w);
                 for ch in 0..di {
-                    delta[(k * di + ch) * hw + t] =
-                        s.delta[(k * s.batch * hw + rows + p) * di + ch];
+                    us[(kk * di + ch) * hw + t] = s.u[(rows + p) * di + ch];
+                    delta[(kk * di + ch) * hw + t] =
+                        s.delta[(kk * s.batch * hw + rows + p) * di + ch];
                 }
-                let base = (rows + p) * xs + k * (r + 2 * n) + r;
+                let base = (rows + p) * xs + kk * (r + 2 * n) + r;
                 for st in 0..n {
-                    b[(k * n + st) * hw + t] = s.xdbl[base + st];
-                    c[(k * n + st) * hw + t] = s.xdbl[base + n + st];
+                    b[(kk * n + st) * hw + t] = s.xdbl[base + st];
+                    c[(kk * n + st) * hw + t] = s.xdbl[base + n + st];
                 }
             }
         }
-        let ys = selective_scan_ref(&us, &delta, s.a, &b, &c, s.d, s.bias, 4, n, hw);
-        let merged = super::cross_scan::cross_merge_ref(&ys, di, s.h, s.w);
-        for p in 0..hw {
-            for ch in 0..di {
-                y[(rows + p) * di + ch] = merged[ch * hw + p];
+        let ys = selective_scan_ref(&us, &delta, s.a, &b, &c, s.d, s.bias, k, n, hw);
+        for (kk, path) in s.paths.iter().enumerate() {
+            for t in 0..hw {
+                let p = path.out_position(t, s.h, s.w);
+                for ch in 0..di {
+                    y[(rows + p) * di + ch] += ys[(kk * di + ch) * hw + t];
+                }
             }
         }
     }
@@ -319,14 +309,34 @@ mod tests {
     use crate::testutil::{max_abs_diff, randn};
 
     fn check(batch: usize, h: usize, w: usize, di: usize, n: usize, r: usize) {
-        let rows = batch * h * w;
+        for paths in [
+            &ScanPath::CROSS[..],
+            &ScanPath::ROT,
+            &ScanPath::BIDI,
+            &[ScanPath::Raster, ScanPath::RasterRevUnflipped],
+        ] {
+            check_paths(paths, batch, h, w, di, n, r);
+        }
+    }
+
+    fn check_paths(
+        paths: &[ScanPath],
+        batch: usize,
+        h: usize,
+        w: usize,
+        di: usize,
+        n: usize,
+        r: usize,
+    ) {
+        let (rows, k) = (batch * h * w, paths.len());
         let u = randn(rows * di, 1);
-        let delta: Vec<f32> = randn(4 * rows * di, 2).iter().map(|v| v - 1.0).collect();
-        let xdbl = randn(rows * 4 * (r + 2 * n), 3);
-        let a: Vec<f32> = randn(4 * di * n, 4).iter().map(|v| -v.exp()).collect();
-        let d = randn(4 * di, 5);
-        let bias = randn(4 * di, 6);
+        let delta: Vec<f32> = randn(k * rows * di, 2).iter().map(|v| v - 1.0).collect();
+        let xdbl = randn(rows * k * (r + 2 * n), 3);
+        let a: Vec<f32> = randn(k * di * n, 4).iter().map(|v| -v.exp()).collect();
+        let d = randn(k * di, 5);
+        let bias = randn(k * di, 6);
         let s = CrossScan {
+            paths,
             batch,
             h,
             w,
@@ -346,7 +356,7 @@ mod tests {
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(
             max_abs_diff(&got, &want) <= 2e-5 * scale,
-            "B{batch} {h}x{w} Di{di} N{n}"
+            "{paths:?} B{batch} {h}x{w} Di{di} N{n}"
         );
     }
 

@@ -5,7 +5,38 @@
 use crate::error::Result;
 use crate::kernels::conv;
 use crate::plan::{BufId, Builder, DType, Op, ParamId, Params};
+use crate::variant::Act;
 use crate::weights::{Param, Weights};
+
+/// `dst (rows, c) = act(src) * gate_act(gate)`: a [`Op::Pointwise`] into a new buffer,
+/// reading `c` channels at `offset` of rows `stride` apart, of src and of the gate.
+#[allow(clippy::too_many_arguments)]
+pub fn pointwise(
+    g: &mut Builder,
+    (src, stride, offset): (BufId, usize, usize),
+    rows: usize,
+    c: usize,
+    act: Act,
+    gate: Option<(BufId, usize, usize, Act)>,
+) -> BufId {
+    let dst = g.work(rows * c, DType::Act);
+    let (gate_stride, gate_offset, gate_act) =
+        gate.map_or((0, 0, Act::None), |(_, s, o, a)| (s, o, a));
+    g.push(Op::Pointwise {
+        src,
+        src_stride: stride,
+        src_offset: offset,
+        dst,
+        rows,
+        c,
+        act,
+        gate: gate.map(|(buf, ..)| buf),
+        gate_stride,
+        gate_offset,
+        gate_act,
+    });
+    dst
+}
 
 /// A batch of channel-last feature maps in a plan buffer: (B, H, W, C).
 #[derive(Clone, Copy, Debug)]
@@ -130,8 +161,22 @@ impl Norm {
             dst,
             rows,
             c: self.c,
-            weight: self.w,
-            bias: self.b,
+            weight: Some(self.w),
+            bias: Some(self.b),
+        });
+        dst
+    }
+
+    /// LayerNorm without weight and bias: src (rows, c) -> a new buffer.
+    pub fn emit_plain(g: &mut Builder, src: BufId, rows: usize, c: usize) -> BufId {
+        let dst = g.work(rows * c, DType::Act);
+        g.push(Op::LayerNorm {
+            src,
+            dst,
+            rows,
+            c,
+            weight: None,
+            bias: None,
         });
         dst
     }
@@ -142,31 +187,6 @@ impl Norm {
             buf: self.emit(g, x.buf, x.rows()),
             ..x
         }
-    }
-
-    /// SS2D's output norm: src (rows, C) f32 -> a new buffer, times SiLU of
-    /// `gate` = (buffer, row stride, channel offset) when given.
-    pub fn emit_out(
-        &self,
-        g: &mut Builder,
-        src: BufId,
-        rows: usize,
-        gate: Option<(BufId, usize, usize)>,
-    ) -> BufId {
-        let dst = g.work(rows * self.c, DType::Act);
-        let (gate_stride, gate_offset) = gate.map_or((0, 0), |(_, s, o)| (s, o));
-        g.push(Op::OutNorm {
-            src,
-            dst,
-            rows,
-            c: self.c,
-            weight: self.w,
-            bias: self.b,
-            gate: gate.map(|(buf, _, _)| buf),
-            gate_stride,
-            gate_offset,
-        });
-        dst
     }
 }
 

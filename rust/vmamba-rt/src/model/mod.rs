@@ -20,7 +20,8 @@ use stem::Stem;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::Workspaces;
-use crate::plan::{Builder, DType, Op, Outputs, Params, Plan};
+use crate::plan::{Builder, DType, Op, Outputs, ParamId, Params, Plan};
+use crate::weights::Param;
 use crate::weights::{Weights, META_CONFIG};
 
 pub use crate::format::META_LABELS;
@@ -59,6 +60,8 @@ pub struct VMamba {
     params: Params,
     workspaces: Workspaces,
     stem: Stem,
+    /// The position embedding (H, W, C0) added after the stem, with its H and W.
+    pos_embed: Option<(ParamId, usize, usize)>,
     stages: Vec<Stage>,
     head: Option<Head>,
     pool: Option<Arc<rayon::ThreadPool>>,
@@ -105,6 +108,21 @@ impl VMamba {
         config.validate()?;
         let ps = &mut Params::default();
         let stem = Stem::load(&config, ws, ps)?;
+        let pos_embed = if config.posembed {
+            let (c0, side) = (config.dims, config.imgsize / config.patch_size);
+            let pos = ws.get("pos_embed", &[1, c0, side, side])?;
+            // (1, C0, H, W) -> channel-last (H, W, C0)
+            let mut hwc = vec![0.0f32; pos.data().len()];
+            for (ch, plane) in pos.data().chunks(side * side).enumerate() {
+                for (p, v) in plane.iter().enumerate() {
+                    hwc[p * c0 + ch] = *v;
+                }
+            }
+            let pos = Param::owned(hwc, vec![side, side, c0]);
+            Some((ps.add("pos_embed", pos, DType::F32), side, side))
+        } else {
+            None
+        };
         let n = config.depths.len();
         let mut stages = Vec::with_capacity(n);
         for (i, &depth) in config.depths.iter().enumerate() {
@@ -151,6 +169,7 @@ impl VMamba {
             params: std::mem::take(ps),
             workspaces: Workspaces::default(),
             stem,
+            pos_embed,
             stages,
             head,
             pool: None,
@@ -216,6 +235,9 @@ impl VMamba {
     /// Smallest square input side the model accepts: one pixel after the last
     /// stage, traced back through every downsample and the stem.
     pub fn min_size(&self) -> usize {
+        if self.pos_embed.is_some() {
+            return self.config.imgsize; // the one size its position embedding fits
+        }
         let need = self
             .stages
             .iter()
@@ -269,6 +291,14 @@ impl VMamba {
             w,
         });
         let mut x = self.stem.emit(g, x);
+        if let Some((param, ..)) = self.pos_embed {
+            g.push(Op::AddParam {
+                buf: x.buf,
+                b,
+                len: x.h * x.w * x.c,
+                param,
+            });
+        }
         for st in &self.stages {
             for blk in &st.blocks {
                 blk.emit(g, x);

@@ -1,100 +1,241 @@
-//! SS2D, the 2-D selective scan (docs/model.md §5).
+//! SS2D, the 2-D selective scan (docs/model.md §5), in every form the official
+//! `forward_type` selects (docs/model.md §9).
 
-use super::layers::{Linear, Map, Norm};
-use crate::config::{Config, ForwardType};
+use super::layers::{pointwise, Linear, Map, Norm};
+use crate::config::Config;
 use crate::error::Result;
 use crate::plan::{BufId, Builder, DType, Op, ParamId, Params};
+use crate::variant::{Act, OutNorm, ScanMode, ScanPath, Ss2dForm};
 use crate::weights::{Param, Weights};
 
-pub struct Ss2d {
-    /// C -> Di (v05_noz) or C -> 2Di as [x, z] (v0).
-    in_proj: Linear,
-    /// Depthwise kernel re-laid tap-major: (k*k, Di).
-    conv_w: ParamId,
-    conv_b: Option<ParamId>,
-    conv_k: usize,
-    /// (4, R+2N, Di) read as one Di -> 4*(R+2N) projection.
+/// The parameters of one scan over K directions.
+struct Scan {
+    /// How each direction walks the map.
+    paths: Vec<ScanPath>,
+    /// Di -> K*(R+2N): dt, B, C of every direction at once.
     x_proj: Linear,
-    /// (4, Di, R).
+    /// (K, Di, R).
     dt_w: ParamId,
-    /// (4*Di).
+    /// (K*Di).
     dt_b: ParamId,
-    /// A = -exp(A_logs): (4*Di, N).
+    /// A = -exp(A_logs): (K*Di, N).
     a: ParamId,
-    /// (4*Di).
+    /// (K*Di).
     ds: ParamId,
-    out_norm: Norm,
+}
+
+/// SS2D's output norm and its parameters.
+enum OutNormLayer {
+    LayerNorm(Norm),
+    Identity,
+    /// Depthwise 3x3 taps, tap-major (9, Di).
+    DwConv3(ParamId),
+    LayerNormDwConv3(Norm, ParamId),
+    Softmax,
+    Sigmoid,
+}
+
+pub struct Ss2d {
+    form: Ss2dForm,
+    /// The activation after the convolution (and on the gate).
+    act: Act,
+    /// C -> Di, or C -> 2Di as [x, z] when gated.
+    in_proj: Linear,
+    /// Depthwise taps (k*k, Di), bias, k.
+    conv: Option<(ParamId, Option<ParamId>, usize)>,
+    /// One scan of four directions, or the row then column scans of `cascade2d`.
+    scans: Vec<Scan>,
+    out_norm: OutNormLayer,
     /// Di -> C.
     out_proj: Linear,
-    gated: bool,
     di: usize,
     n: usize,
     r: usize,
 }
 
+/// Depthwise conv weight (C, 1, k, k) re-laid tap-major: (k*k, C).
+fn taps(w: &Param, c: usize, k: usize) -> Param {
+    let mut t = vec![0.0f32; c * k * k];
+    for (ch, row) in w.data().chunks(k * k).enumerate() {
+        for (i, v) in row.iter().enumerate() {
+            t[i * c + ch] = *v;
+        }
+    }
+    Param::owned(t, vec![k * k, c])
+}
+
 impl Ss2d {
     pub fn load(cfg: &Config, ws: &Weights, ps: &mut Params, p: &str, c: usize) -> Result<Self> {
-        let (di, n, r, k) = (
-            cfg.d_inner(c),
-            cfg.ssm_d_state,
-            cfg.dt_rank(c),
-            cfg.ssm_conv,
-        );
-        let gated = cfg.forward_type == ForwardType::V0;
+        let form = cfg.ss2d_form()?;
+        let (di, n, r) = (cfg.d_inner(c), cfg.ssm_d_state, cfg.dt_rank(c));
         let in_proj = Linear::load(
             ws,
             ps,
             &format!("{p}.in_proj"),
-            if gated { 2 * di } else { di },
+            if form.gated { 2 * di } else { di },
             c,
             false,
         )?;
-        let mut f32_param = |name: &str, param: Param| ps.add(name, param, DType::F32);
-        let name = format!("{p}.conv2d.weight");
-        let w = ws.get(&name, &[di, 1, k, k])?;
-        let mut taps = vec![0.0f32; di * k * k];
-        for (ch, row) in w.data().chunks(k * k).enumerate() {
-            for (t, v) in row.iter().enumerate() {
-                taps[t * di + ch] = *v;
+        let conv = match cfg.dwconv() {
+            Some(k) => {
+                let name = format!("{p}.conv2d.weight");
+                let w = taps(&ws.get(&name, &[di, 1, k, k])?, di, k);
+                let w = ps.add(&name, w, DType::F32);
+                let b = if cfg.dwconv_bias() {
+                    let name = format!("{p}.conv2d.bias");
+                    Some(ps.add(&name, ws.get(&name, &[di])?, DType::F32))
+                } else {
+                    None
+                };
+                Some((w, b, k))
             }
-        }
-        let conv_w = f32_param(&name, Param::owned(taps, vec![k * k, di]));
-        let conv_b = if cfg.ssm_conv_bias {
-            let name = format!("{p}.conv2d.bias");
-            Some(f32_param(&name, ws.get(&name, &[di])?))
-        } else {
-            None
+            None => None,
         };
-        let name = format!("{p}.dt_projs_weight");
-        let dt_w = f32_param(&name, ws.get(&name, &[4, di, r])?);
-        let name = format!("{p}.dt_projs_bias");
-        let dt_b = f32_param(&name, ws.get(&name, &[4, di])?);
-        let name = format!("{p}.A_logs");
-        let a_logs = ws.get(&name, &[4 * di, n])?;
-        let a = a_logs.data().iter().map(|v| -v.exp()).collect();
-        let a = f32_param(&name, Param::owned(a, vec![4 * di, n]));
-        let name = format!("{p}.Ds");
-        let ds = f32_param(&name, ws.get(&name, &[4 * di])?);
-        let name = format!("{p}.x_proj_weight");
-        let x_w = ws.get(&name, &[4, r + 2 * n, di])?;
-        let x_w = ps.add(&name, x_w, DType::Act);
+        // The four directions' parameters, whole or split in two for cascade2d.
+        let name = |s: &str| format!("{p}.{s}");
+        let x_w = ws.get(&name("x_proj_weight"), &[4, r + 2 * n, di])?;
+        let dt_w = ws.get(&name("dt_projs_weight"), &[4, di, r])?;
+        let dt_b = ws.get(&name("dt_projs_bias"), &[4, di])?;
+        let a_logs = ws.get(&name("A_logs"), &[4 * di, n])?;
+        let ds = ws.get(&name("Ds"), &[4 * di])?;
+        let groups: Vec<(std::ops::Range<usize>, Vec<ScanPath>)> = match form.scan {
+            ScanMode::Paths(paths) => vec![(0..4, paths.to_vec())],
+            ScanMode::Cascade => {
+                let pair = vec![ScanPath::Raster, ScanPath::RasterRevUnflipped];
+                vec![(0..2, pair.clone()), (2..4, pair)]
+            }
+        };
+        let mut scans = Vec::new();
+        for (dirs, paths) in groups {
+            let k = dirs.len();
+            // Directions `dirs` of a tensor whose first axis is the direction.
+            // Directions `dirs` of a tensor whose first axis is the direction: the
+            // tensor itself (no copy) when that is all four.
+            let mut part = |t: &Param, tail: &[usize], what: &str, dtype: DType| {
+                if k == 4 {
+                    return ps.add(&name(what), t.clone(), dtype);
+                }
+                let per: usize = tail.iter().product();
+                let data = t.data()[dirs.start * per..dirs.end * per].to_vec();
+                let label = format!("{}[{}:{}]", name(what), dirs.start, dirs.end);
+                ps.add(&label, Param::owned(data, [&[k][..], tail].concat()), dtype)
+            };
+            let x_proj = part(&x_w, &[r + 2 * n, di], "x_proj_weight", DType::Act);
+            let dt_w = part(&dt_w, &[di, r], "dt_projs_weight", DType::F32);
+            let dt_b = part(&dt_b, &[di], "dt_projs_bias", DType::F32);
+            let a = Param::owned(
+                a_logs.data().iter().map(|v| -v.exp()).collect(),
+                vec![4, di, n],
+            );
+            let a = part(&a, &[di, n], "A_logs", DType::F32);
+            let ds = part(&ds, &[di], "Ds", DType::F32);
+            scans.push(Scan {
+                paths,
+                x_proj: Linear::from_weight(x_proj, k * (r + 2 * n), di),
+                dt_w,
+                dt_b,
+                a,
+                ds,
+            });
+        }
+        let mut dwconv3 = |key: &str| -> Result<ParamId> {
+            let name = format!("{p}.out_norm.{key}");
+            let w = taps(&ws.get(&name, &[di, 1, 3, 3])?, di, 3);
+            Ok(ps.add(&name, w, DType::F32))
+        };
+        let out_norm = match form.out_norm {
+            OutNorm::LayerNorm => {
+                OutNormLayer::LayerNorm(Norm::load(ws, ps, &name("out_norm"), di)?)
+            }
+            OutNorm::Identity => OutNormLayer::Identity,
+            OutNorm::DwConv3 => OutNormLayer::DwConv3(dwconv3("1.weight")?),
+            OutNorm::LayerNormDwConv3 => {
+                let conv = dwconv3("2.weight")?;
+                OutNormLayer::LayerNormDwConv3(Norm::load(ws, ps, &name("out_norm.0"), di)?, conv)
+            }
+            OutNorm::Softmax => OutNormLayer::Softmax,
+            OutNorm::Sigmoid => OutNormLayer::Sigmoid,
+        };
         Ok(Ss2d {
+            form,
+            act: cfg.ssm_act(),
             in_proj,
-            conv_w,
-            conv_b,
-            conv_k: k,
-            x_proj: Linear::from_weight(x_w, 4 * (r + 2 * n), di),
-            dt_w,
-            dt_b,
-            a,
-            ds,
-            out_norm: Norm::load(ws, ps, &format!("{p}.out_norm"), di)?,
-            out_proj: Linear::load(ws, ps, &format!("{p}.out_proj"), c, di, false)?,
-            gated,
+            conv,
+            scans,
+            out_norm,
+            out_proj: Linear::load(ws, ps, &name("out_proj"), c, di, false)?,
             di,
             n,
             r,
         })
+    }
+
+    /// A scan of `x` (a map of Di channels) with `s`'s directions: y (rows, Di), f32.
+    fn scan(&self, g: &mut Builder, s: &Scan, x: Map) -> BufId {
+        let xdbl = s.x_proj.emit(g, x.buf, x.rows());
+        let y = g.work(x.rows() * self.di, DType::F32);
+        g.push(Op::CrossScan {
+            u: x.buf,
+            xdbl,
+            dst: y,
+            b: x.b,
+            h: x.h,
+            w: x.w,
+            di: self.di,
+            n: self.n,
+            r: self.r,
+            paths: s.paths.clone(),
+            dt_weight: s.dt_w,
+            dt_bias: s.dt_b,
+            a: s.a,
+            d: s.ds,
+        });
+        y
+    }
+
+    /// `cascade2d`: x normed, scanned along each row (both ways, the backward
+    /// output summed unflipped), normed, then scanned the same way along each
+    /// column. y (rows, Di), f32.
+    fn cascade(&self, g: &mut Builder, u: Map) -> BufId {
+        let (rows, di) = (u.rows(), self.di);
+        // Rows: B*H sequences of W pixels.
+        let xn = Norm::emit_plain(g, u.buf, rows, di);
+        let row_seqs = Map {
+            buf: xn,
+            b: u.b * u.h,
+            h: 1,
+            ..u
+        };
+        let y_row = self.scan(g, &self.scans[0], row_seqs);
+        let y_row = Norm::emit_plain(g, y_row, rows, di);
+        // Columns: the map transposed, B*W sequences of H pixels, transposed back.
+        let t = g.work(rows * di, DType::Act);
+        g.push(Op::TransposeHw {
+            src: y_row,
+            dst: t,
+            b: u.b,
+            h: u.h,
+            w: u.w,
+            c: di,
+        });
+        let col_seqs = Map {
+            buf: t,
+            b: u.b * u.w,
+            h: 1,
+            w: u.h,
+            c: di,
+        };
+        let y_col = self.scan(g, &self.scans[1], col_seqs);
+        let y = g.work(rows * di, DType::F32);
+        g.push(Op::TransposeHw {
+            src: y_col,
+            dst: y,
+            b: u.b,
+            h: u.w,
+            w: u.h,
+            c: di,
+        });
+        y
     }
 
     /// `resid += SS2D(x)`, with x the normed input map.
@@ -102,42 +243,101 @@ impl Ss2d {
         let (rows, di) = (x.rows(), self.di);
         // [x | z]: (rows, Di) or (rows, 2Di)
         let proj = self.in_proj.emit(g, x.buf, rows);
-        // u = SiLU(dwconv(x)): (rows, Di)
-        let u = g.work(rows * di, DType::Act);
-        g.push(Op::DwConvSilu {
-            src: proj,
-            src_stride: self.in_proj.out,
-            dst: u,
-            b: x.b,
-            h: x.h,
-            w: x.w,
-            c: di,
-            k: self.conv_k,
-            weight: self.conv_w,
-            bias: self.conv_b,
-        });
-        // x_dbl for all four directions at once, pixel order: (rows, 4*(R+2N))
-        let xdbl = self.x_proj.emit(g, u, rows);
+        let width = self.in_proj.out;
+        // u = act(dwconv(x)), or act(x) without the convolution: (rows, Di)
+        let u = match self.conv {
+            Some((weight, bias, k)) => {
+                let u = g.work(rows * di, DType::Act);
+                g.push(Op::DwConvAct {
+                    src: proj,
+                    src_stride: width,
+                    dst: u,
+                    b: x.b,
+                    h: x.h,
+                    w: x.w,
+                    c: di,
+                    k,
+                    weight,
+                    bias,
+                    act: self.act,
+                });
+                u
+            }
+            None => pointwise(g, (proj, width, 0), rows, di, self.act, None),
+        };
+        let u = Map { buf: u, c: di, ..x };
         // y: (rows, Di), f32
-        let y = g.work(rows * di, DType::F32);
-        g.push(Op::CrossScan {
-            u,
-            xdbl,
-            dst: y,
-            b: x.b,
-            h: x.h,
-            w: x.w,
-            di,
-            n: self.n,
-            r: self.r,
-            dt_weight: self.dt_w,
-            dt_bias: self.dt_b,
-            a: self.a,
-            d: self.ds,
-        });
-        // out_norm(y), times SiLU(z) for the gated v0 block
-        let gate = self.gated.then_some((proj, self.in_proj.out, di));
-        let yn = self.out_norm.emit_out(g, y, rows, gate);
-        self.out_proj.emit_into(g, yn, rows, resid, true);
+        let y = match self.form.scan {
+            ScanMode::Paths(_) => self.scan(g, &self.scans[0], u),
+            ScanMode::Cascade => self.cascade(g, u),
+        };
+        let mut y = self.emit_out_norm(g, y, u);
+        if self.form.out_gelu {
+            g.push(Op::Act {
+                buf: y,
+                len: rows * di,
+                act: Act::Gelu,
+            });
+        }
+        if self.form.gated {
+            // y * act(z)
+            let gate_act = if self.form.gate_act {
+                self.act
+            } else {
+                Act::None
+            };
+            y = pointwise(
+                g,
+                (y, di, 0),
+                rows,
+                di,
+                Act::None,
+                Some((proj, width, di, gate_act)),
+            );
+        }
+        self.out_proj.emit_into(g, y, rows, resid, true);
+    }
+
+    /// The output norm of y (rows, Di), f32, into a new buffer.
+    fn emit_out_norm(&self, g: &mut Builder, y: BufId, map: Map) -> BufId {
+        let (rows, di) = (map.rows(), self.di);
+        let dwconv3 = |g: &mut Builder, src: BufId, weight: ParamId| {
+            let dst = g.work(rows * di, DType::Act);
+            g.push(Op::DwConvAct {
+                src,
+                src_stride: di,
+                dst,
+                b: map.b,
+                h: map.h,
+                w: map.w,
+                c: di,
+                k: 3,
+                weight,
+                bias: None,
+                act: Act::None,
+            });
+            dst
+        };
+        match &self.out_norm {
+            OutNormLayer::LayerNorm(norm) => norm.emit(g, y, rows),
+            OutNormLayer::Identity => pointwise(g, (y, di, 0), rows, di, Act::None, None),
+            OutNormLayer::Sigmoid => pointwise(g, (y, di, 0), rows, di, Act::Sigmoid, None),
+            OutNormLayer::DwConv3(w) => dwconv3(g, y, *w),
+            OutNormLayer::LayerNormDwConv3(norm, w) => {
+                let normed = norm.emit(g, y, rows);
+                dwconv3(g, normed, *w)
+            }
+            OutNormLayer::Softmax => {
+                let dst = g.work(rows * di, DType::Act);
+                g.push(Op::SpatialSoftmax {
+                    src: y,
+                    dst,
+                    b: map.b,
+                    hw: map.h * map.w,
+                    c: di,
+                });
+                dst
+            }
+        }
     }
 }

@@ -4,36 +4,45 @@ use super::layers::{Conv2d, Map, Norm};
 use crate::config::{Config, StemVersion};
 use crate::error::Result;
 use crate::plan::{Builder, Op, Params};
+use crate::variant::Act;
 use crate::weights::Weights;
 
+/// The stem; its LayerNorms are absent with `patch_norm` off.
 pub enum Stem {
     /// Conv(k4, s4) -> LayerNorm.
-    V1 { conv: Conv2d, norm: Norm },
+    V1 { conv: Conv2d, norm: Option<Norm> },
     /// Conv(k3, s2) -> LayerNorm -> GELU -> Conv(k3, s2) -> LayerNorm.
     V2 {
         conv1: Conv2d,
-        norm1: Norm,
+        norm1: Option<Norm>,
         conv2: Conv2d,
-        norm2: Norm,
+        norm2: Option<Norm>,
     },
 }
 
 impl Stem {
     pub fn load(cfg: &Config, ws: &Weights, ps: &mut Params) -> Result<Self> {
         let (cin, c0) = (cfg.in_chans, cfg.dims);
+        let norm = |ps: &mut Params, name: &str, c: usize| -> Result<Option<Norm>> {
+            Ok(if cfg.patch_norm {
+                Some(Norm::load(ws, ps, name, c)?)
+            } else {
+                None
+            })
+        };
         Ok(match cfg.patchembed_version {
             StemVersion::V1 => {
                 let p = cfg.patch_size;
                 Stem::V1 {
                     conv: Conv2d::load(ws, ps, "patch_embed.0", cin, c0, p, p, 0)?,
-                    norm: Norm::load(ws, ps, "patch_embed.2", c0)?,
+                    norm: norm(ps, "patch_embed.2", c0)?,
                 }
             }
             StemVersion::V2 => Stem::V2 {
                 conv1: Conv2d::load(ws, ps, "patch_embed.0", cin, c0 / 2, 3, 2, 1)?,
-                norm1: Norm::load(ws, ps, "patch_embed.2", c0 / 2)?,
+                norm1: norm(ps, "patch_embed.2", c0 / 2)?,
                 conv2: Conv2d::load(ws, ps, "patch_embed.5", c0 / 2, c0, 3, 2, 1)?,
-                norm2: Norm::load(ws, ps, "patch_embed.7", c0)?,
+                norm2: norm(ps, "patch_embed.7", c0)?,
             },
         })
     }
@@ -57,10 +66,14 @@ impl Stem {
     }
 
     pub fn emit(&self, g: &mut Builder, x: Map) -> Map {
+        let norm = |g: &mut Builder, norm: &Option<Norm>, y: Map| match norm {
+            Some(n) => n.emit_map(g, y),
+            None => y,
+        };
         match self {
-            Stem::V1 { conv, norm } => {
+            Stem::V1 { conv, norm: n } => {
                 let y = conv.emit(g, x);
-                norm.emit_map(g, y)
+                norm(g, n, y)
             }
             Stem::V2 {
                 conv1,
@@ -69,13 +82,14 @@ impl Stem {
                 norm2,
             } => {
                 let y = conv1.emit(g, x);
-                let y = norm1.emit_map(g, y);
-                g.push(Op::Gelu {
+                let y = norm(g, norm1, y);
+                g.push(Op::Act {
                     buf: y.buf,
                     len: y.rows() * y.c,
+                    act: Act::Gelu,
                 });
                 let y = conv2.emit(g, y);
-                norm2.emit_map(g, y)
+                norm(g, norm2, y)
             }
         }
     }
