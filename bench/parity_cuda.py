@@ -26,11 +26,13 @@ def cases():
     for js in sorted(GOLDEN.glob("*.json")):
         meta = json.loads(js.read_text())
         for ema in ([False, True] if "expected_ema" in meta else [False]):
-            name = meta["expected_ema"] if ema else meta["expected"]
-            yield meta["case"], GOLDEN / f"{meta['case']}.pth", ema, GOLDEN / f"{meta['case']}.input.npy", name
+            names = meta["expected_ema"] if ema else meta["expected"]
+            names = names if isinstance(names, list) else [names]
+            yield meta["case"], GOLDEN / f"{meta['case']}.pth", ema, GOLDEN / f"{meta['case']}.input.npy", \
+                [GOLDEN / n for n in names]
     for js in sorted((GOLDEN / "variants").glob("*.json")):
         v = GOLDEN / "variants" / js.stem
-        yield js.stem, v.with_suffix(".pth"), False, Path(f"{v}.input.npy"), Path(f"{v}.expected.npy")
+        yield js.stem, v.with_suffix(".pth"), False, Path(f"{v}.input.npy"), [Path(f"{v}.expected.npy")]
 
 
 def main():
@@ -44,7 +46,7 @@ def main():
         cpu = vmamba_rt.load(path)
         run = (lambda m: m.features(x)) if cpu.is_backbone else (lambda m: [m(x)])
         want_cpu = run(cpu)
-        want = [np.load(GOLDEN / e) for e in expected] if isinstance(expected, list) else [np.load(expected)]
+        want = [np.load(e) for e in expected]
         for dtype in ("float32", "float16", "bfloat16"):
             try:
                 got = run(vmamba_rt.load(path, device="cuda", dtype=dtype))
