@@ -16,18 +16,23 @@
 // With S = 1 only step 3 runs (from h = 0).
 #include "common.cuh"
 
-// Pixel (row-major index) visited at step l of a path on an H x W grid. Codes as
-// gpu.py SCAN_PATHS: 0 raster, 1 transposed, 2 raster reversed, 3 transposed
-// reversed, 4 rotated 90 degrees, 5 rotated 270 degrees.
-__device__ __forceinline__ int position(int path, int l, int H, int W) {
+// A path through an H x W grid as `lines` runs of `len` steps: run i starts at
+// pixel start + i * line_step and moves by `step`. Codes as gpu.py SCAN_PATHS:
+// 0 raster, 1 transposed, 2 raster reversed, 3 transposed reversed, 4 rotated
+// 90 degrees, 5 rotated 270 degrees.
+struct Walk {
+    int len, start, line_step, step;
+};
+
+__device__ __forceinline__ Walk walk_of(int path, int H, int W) {
     int L = H * W;
     switch (path) {
-        case 1: return (l % H) * W + l / H;
-        case 2: return L - 1 - l;
-        case 3: l = L - 1 - l; return (l % H) * W + l / H;
-        case 4: return (l % H) * W + (W - 1 - l / H);
-        case 5: return (H - 1 - l % H) * W + l / H;
-        default: return l;
+        case 1: return {H, 0, 1, W};
+        case 2: return {L, L - 1, 0, -1};
+        case 3: return {H, L - 1, -1, -W};
+        case 4: return {H, W - 1, -1, W};
+        case 5: return {H, (H - 1) * W, 1, -W};
+        default: return {L, 0, 0, 1};
     }
 }
 
@@ -58,8 +63,19 @@ __global__ void scan_chunks(const T* __restrict__ u, const T* __restrict__ xdbl,
     const float dskip = D[ch], dbias = bias[ch];
     float delta_sum = 0.0f;
     int l0 = s * chunk, l1 = min(L, l0 + chunk);
+    // Step l0's pixel once, then walk: no division in the loop.
+    const Walk walk = walk_of((paths >> (4 * k)) & 15, H, W);
+    int j = l0 % walk.len, line = l0 / walk.len;
+    int p = walk.start + line * walk.line_step + j * walk.step;
     for (int l = l0; l < l1; ++l) {
-        long long row = (long long)b * L + position((paths >> (4 * k)) & 15, l, H, W);
+        long long row = (long long)b * L + p;
+        if (++j == walk.len) {
+            j = 0;
+            ++line;
+            p = walk.start + line * walk.line_step;
+        } else {
+            p += walk.step;
+        }
         const T* x = xdbl + row * XS + k * (R + 2 * N);
         float dt = dbias;
 #pragma unroll
