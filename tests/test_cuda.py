@@ -123,6 +123,19 @@ def test_graph_replay_device_io_batches_and_odd_sizes(converted, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_random_model_on_the_gpu_is_the_cpu_model(backend):
+    import json
+
+    cfg = json.loads(vmamba_rt._native.Model.preset_json("vmamba-tiny-s1l8"))
+    cfg["dims"], cfg["depths"] = 8, [1, 1, 1, 1]
+    cpu = vmamba_rt.Model.random(cfg, seed=3)
+    cuda = vmamba_rt.Model.random(cfg, seed=3, device="cuda")
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert cuda.device == "cuda" and cpu.device == "cpu"
+    assert rel_err(cuda(x), cpu(x)) < 1e-4 and rel_err(cuda.embeddings(x), cpu.embeddings(x)) < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_threads_share_one_engine(converted, backend):
     """Many threads, one model: same-shape calls never see each other's results."""
     from concurrent.futures import ThreadPoolExecutor

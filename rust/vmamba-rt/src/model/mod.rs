@@ -233,7 +233,8 @@ impl VMamba {
     }
 
     /// Smallest square input side the model accepts: one pixel after the last
-    /// stage, traced back through every downsample and the stem.
+    /// stage, traced back through every downsample and the stem. A model with a
+    /// position embedding takes only the side it was made for.
     pub fn min_size(&self) -> usize {
         if self.pos_embed.is_some() {
             return self.config.imgsize; // the one size its position embedding fits
