@@ -53,6 +53,15 @@ def same(a, b, device) -> bool:
     return np.array_equal(a, b) if device == "cpu" else rel_err(a, b) < 1e-6
 
 
+def plain(obj):
+    """Config records (yacs nodes, tuples) as plain dicts and lists, to write again."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
 def golden_cases():
     """(case name, use_ema) for every golden case and weight set."""
     out = []

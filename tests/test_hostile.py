@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, rel_err
+from conftest import GOLDEN, plain, rel_err
 from safetensors.numpy import load_file, save_file
 from torchfmt import write_pth
 
@@ -346,20 +346,11 @@ def test_mmap_is_an_explicit_choice(tmp_path):
 
 # 8. Error types -------------------------------------------------------------------------
 
-def _plain(obj):
-    """Config records as plain dicts and lists (to write them again)."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _training_ckpt():
     from vmamba_rt.checkpoint import load_pth
 
     ckpt = load_pth(GOLDEN / "v2_s2_small.pth")
-    return {k: v.numpy() for k, v in ckpt["model"].items()}, _plain(ckpt["config"])
+    return {k: v.numpy() for k, v in ckpt["model"].items()}, plain(ckpt["config"])
 
 
 def _yacs_ckpt(tmp_path, **vssm):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HERE, rel_err
+from conftest import HERE, plain, rel_err
 from torchfmt import write_pth
 
 import vmamba_rt
@@ -66,7 +66,7 @@ def test_bare_state_dict_builds_the_variant_its_config_names(tmp_path):
     with pytest.warns(vmamba_rt.ArchitectureGuessWarning):
         guessed = vmamba_rt.load(vmamba_rt.convert(tmp_path / "bare.pth", tmp_path / "guess.safetensors"))
     assert guessed.config["forward_type"] == "v05_noz" and rel_err(guessed(x), want) > 1e-3
-    (tmp_path / "bidi.yaml").write_text(yaml.safe_dump(_plain(ckpt["config"])))
+    (tmp_path / "bidi.yaml").write_text(yaml.safe_dump(plain(ckpt["config"])))
     with warnings.catch_warnings():
         warnings.simplefilter("error", vmamba_rt.ArchitectureGuessWarning)
         path = vmamba_rt.convert(tmp_path / "bare.pth", tmp_path / "bidi.safetensors", config=tmp_path / "bidi.yaml")
@@ -74,11 +74,3 @@ def test_bare_state_dict_builds_the_variant_its_config_names(tmp_path):
     assert model.config["forward_type"] == "v052d_noz" and model.config["ssm_conv"] == -1
     assert rel_err(model(x), want) < 1e-4
 
-
-def _plain(cfg):
-    """A yacs config as plain dicts and lists (what yaml.safe_dump writes)."""
-    if isinstance(cfg, dict):
-        return {k: _plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [_plain(v) for v in cfg]
-    return cfg

@@ -53,6 +53,52 @@ pub struct Ss2d {
     r: usize,
 }
 
+/// act(depthwise k x k conv of `src` (rows `stride` apart) + bias), same padding,
+/// over the pixels of `map`: a new (rows, c) buffer.
+fn dwconv(
+    g: &mut Builder,
+    (src, stride): (BufId, usize),
+    map: Map,
+    c: usize,
+    (weight, bias, k): (ParamId, Option<ParamId>, usize),
+    act: Act,
+) -> BufId {
+    let dst = g.work(map.rows() * c, DType::Act);
+    g.push(Op::DwConvAct {
+        src,
+        src_stride: stride,
+        dst,
+        b: map.b,
+        h: map.h,
+        w: map.w,
+        c,
+        k,
+        weight,
+        bias,
+        act,
+    });
+    dst
+}
+
+/// (B, H, W, C) -> a new (B, W, H, C) buffer of `dtype`.
+fn transpose(
+    g: &mut Builder,
+    src: BufId,
+    (b, h, w, c): (usize, usize, usize, usize),
+    dtype: DType,
+) -> BufId {
+    let dst = g.work(b * h * w * c, dtype);
+    g.push(Op::TransposeHw {
+        src,
+        dst,
+        b,
+        h,
+        w,
+        c,
+    });
+    dst
+}
+
 /// Depthwise conv weight (C, 1, k, k) re-laid tap-major: (k*k, C).
 fn taps(w: &Param, c: usize, k: usize) -> Param {
     let mut t = vec![0.0f32; c * k * k];
@@ -209,15 +255,7 @@ impl Ss2d {
         let y_row = self.scan(g, &self.scans[0], row_seqs);
         let y_row = Norm::emit_plain(g, y_row, rows, di);
         // Columns: the map transposed, B*W sequences of H pixels, transposed back.
-        let t = g.work(rows * di, DType::Act);
-        g.push(Op::TransposeHw {
-            src: y_row,
-            dst: t,
-            b: u.b,
-            h: u.h,
-            w: u.w,
-            c: di,
-        });
+        let t = transpose(g, y_row, (u.b, u.h, u.w, di), DType::Act);
         let col_seqs = Map {
             buf: t,
             b: u.b * u.w,
@@ -226,16 +264,7 @@ impl Ss2d {
             c: di,
         };
         let y_col = self.scan(g, &self.scans[1], col_seqs);
-        let y = g.work(rows * di, DType::F32);
-        g.push(Op::TransposeHw {
-            src: y_col,
-            dst: y,
-            b: u.b,
-            h: u.w,
-            w: u.h,
-            c: di,
-        });
-        y
+        transpose(g, y_col, (u.b, u.w, u.h, di), DType::F32)
     }
 
     /// `resid += SS2D(x)`, with x the normed input map.
@@ -246,23 +275,7 @@ impl Ss2d {
         let width = self.in_proj.out;
         // u = act(dwconv(x)), or act(x) without the convolution: (rows, Di)
         let u = match self.conv {
-            Some((weight, bias, k)) => {
-                let u = g.work(rows * di, DType::Act);
-                g.push(Op::DwConvAct {
-                    src: proj,
-                    src_stride: width,
-                    dst: u,
-                    b: x.b,
-                    h: x.h,
-                    w: x.w,
-                    c: di,
-                    k,
-                    weight,
-                    bias,
-                    act: self.act,
-                });
-                u
-            }
+            Some(conv) => dwconv(g, (proj, width), x, di, conv, self.act),
             None => pointwise(g, (proj, width, 0), rows, di, self.act, None),
         };
         let u = Map { buf: u, c: di, ..x };
@@ -301,22 +314,8 @@ impl Ss2d {
     /// The output norm of y (rows, Di), f32, into a new buffer.
     fn emit_out_norm(&self, g: &mut Builder, y: BufId, map: Map) -> BufId {
         let (rows, di) = (map.rows(), self.di);
-        let dwconv3 = |g: &mut Builder, src: BufId, weight: ParamId| {
-            let dst = g.work(rows * di, DType::Act);
-            g.push(Op::DwConvAct {
-                src,
-                src_stride: di,
-                dst,
-                b: map.b,
-                h: map.h,
-                w: map.w,
-                c: di,
-                k: 3,
-                weight,
-                bias: None,
-                act: Act::None,
-            });
-            dst
+        let dwconv3 = |g: &mut Builder, src: BufId, w: ParamId| {
+            dwconv(g, (src, di), map, di, (w, None, 3), Act::None)
         };
         match &self.out_norm {
             OutNormLayer::LayerNorm(norm) => norm.emit(g, y, rows),
