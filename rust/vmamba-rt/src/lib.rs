@@ -4,9 +4,12 @@
 //! (Liu et al., "VMamba: Visual State Space Model", arXiv 2401.10166), running
 //! weights converted from the official checkpoints to safetensors.
 //!
-//! Weights are memory-mapped; the forward pass runs on all cores (set
+//! The network is described once, in `model/`, which emits an execution
+//! [`plan`] for each input shape; the CPU engine runs it on all cores (set
 //! `VMAMBA_RT_NUM_THREADS` or call [`VMamba::set_num_threads`]) with SIMD kernels
-//! chosen at run time (AVX-512, AVX2+FMA, or portable code elsewhere).
+//! chosen at run time (AVX-512, AVX2+FMA, or portable code elsewhere), and the
+//! Python package's CUDA engine runs the same plan on a GPU. Weights are read
+//! into memory ([`VMamba::load`]) or mapped ([`VMamba::load_mmap`]).
 //!
 //! ```
 //! use vmamba_rt::VMamba;
