@@ -163,10 +163,54 @@ fn run_op<'py>(
     Ok(bufs.into_iter().map(|b| b.into_pyarray(py)).collect())
 }
 
+/// Our GEMM's rate on one shape, for the CPU benchmark's per-shape table: the
+/// best of `reps` products x (m, k) times w (n, k)^T on `threads` threads, in
+/// GFLOP/s (operands allocated once, outside the timing).
+#[pyfunction]
+fn gemm_gflops(
+    py: Python<'_>,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    reps: usize,
+) -> PyResult<f64> {
+    let elems = [m * k, n * k, m * n];
+    if [m, k, n, threads, reps].contains(&0) || elems.iter().any(|&e| e > 1 << 28) || threads > 1024
+    {
+        return Err(VMambaError::new_err(format!(
+            "gemm_gflops: shape ({m}, {k}, {n}) x {reps} on {threads} threads is out of range"
+        )));
+    }
+    py.detach(|| {
+        guarded(|| {
+            use vmamba_rt::kernels::matmul::{matmul_nt, Mat};
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| VMambaError::new_err(e.to_string()))?;
+            let (x, w) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
+            let mut y = vec![0.0f32; m * n];
+            let best = pool.install(|| {
+                (0..reps + 1)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        matmul_nt(Mat::new(&x, m, k), Mat::new(&w, n, k), &mut y, n, false);
+                        t.elapsed().as_secs_f64()
+                    })
+                    .skip(1) // the first call warms caches and the pool
+                    .fold(f64::INFINITY, f64::min)
+            });
+            Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+        })
+    })
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(selective_scan, m)?)?;
     m.add_function(wrap_pyfunction!(cross_scan_ref, m)?)?;
     m.add_function(wrap_pyfunction!(cross_merge_ref, m)?)?;
     m.add_function(wrap_pyfunction!(run_op, m)?)?;
+    m.add_function(wrap_pyfunction!(gemm_gflops, m)?)?;
     Ok(())
 }
