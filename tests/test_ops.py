@@ -18,3 +18,10 @@ def test_cross_scan_and_merge_match_official():
     z = np.load(GOLDEN / "op_cross_scan.npz")
     assert rel_err(_native.cross_scan_ref(z["x"]), z["scanned"]) < 1e-6
     assert rel_err(_native.cross_merge_ref(z["ys"]), z["merged"]) < 1e-6
+
+
+def test_gemm_timer_runs_and_refuses_absurd_shapes():
+    assert _native.gemm_gflops(32, 16, 8, 1, 2) > 0
+    for bad in [(1 << 20, 1 << 20, 1, 1, 1), (0, 4, 4, 1, 1), (4, 4, 4, 5000, 1)]:
+        with pytest.raises(_native.VMambaError, match="out of range"):
+            _native.gemm_gflops(*bad)
