@@ -121,6 +121,7 @@ def _ln(x, w, b):
     x = x.astype(np.float64)
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    w, b = (1 if _v(w) is None else w), (0 if _v(b) is None else b)  # null: the plain norm
     return ((x - mean) / np.sqrt(var + 1e-5) * w + b).astype(np.float32)
 
 
@@ -208,6 +209,10 @@ def _pointwise(x, xs, xo, y, rows, C, act, z, zs, zo, gate_act):
     y[: rows * C] = v.ravel()
 
 
+def _transpose_hw(x, y, B, H, W, C):
+    y[: B * H * W * C] = x[: B * H * W * C].reshape(B, H, W, C).transpose(0, 2, 1, 3).ravel()
+
+
 def _spatial_softmax(x, y, B, HW, C):
     v = x[: B * HW * C].reshape(B, HW, C).astype(np.float64)
     e = np.exp(v - v.max(1, keepdims=True))
@@ -225,7 +230,7 @@ def _dwconv_act(x, x_stride, u, w, bias, B, H, W, C, k, act):
 
 
 def _scan(n, r, write):
-    def kernel(u, xdbl, wdt, bias, A, D, y, carry_a, carry_h, B, H, W, Di, S, chunk, paths):
+    def kernel(u, xdbl, wdt, bias, A, D, y, carry_a, carry_h, B, H, W, Di, S, chunk, paths, K):
         if not write:
             return  # the chunk-state pass: the CPU engine's scan needs none
         from vmamba_rt.gpu import SCAN_PATHS
@@ -233,9 +238,10 @@ def _scan(n, r, write):
         names = {code: name for name, code in SCAN_PATHS.items()}
         rows = B * H * W
         op = {"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": int(B), "h": int(H), "w": int(W), "di": int(Di),
-              "n": n, "r": r, "paths": [names[(int(paths) >> (4 * k)) & 15] for k in range(4)],
+              "n": n, "r": r, "paths": [names[(int(paths) >> (4 * k)) & 15] for k in range(int(K))],
               "dt_weight": 0, "dt_bias": 1, "a": 2, "d": 3}
-        bufs = [np.array(u[: rows * Di]), np.array(xdbl[: rows * 4 * (r + 2 * n)]), np.zeros(rows * Di, np.float32)]
+        bufs = [np.array(u[: rows * Di]), np.array(xdbl[: rows * int(K) * (r + 2 * n)]),
+                np.zeros(rows * Di, np.float32)]
         params = [np.array(p, np.float32) for p in (wdt, bias, A, D)]
         y[: rows * Di] += _native.run_op(json.dumps(op), bufs, params)[2]
 
@@ -246,6 +252,7 @@ _KERNELS = {"nchw_to_nhwc": _nchw_to_nhwc, "nhwc_to_nchw": _nhwc_to_nchw, "im2co
             "patch_merge": _patch_merge, "bias_act": _bias_act, "bias_to_f32": _bias_to_f32, "mean_pool": _mean_pool,
             "layernorm": _layernorm, "residual_layernorm": _residual_layernorm, "layernorm_gate": _layernorm_gate,
             "pointwise": _pointwise, "spatial_softmax": _spatial_softmax, "dwconv_act": _dwconv_act,
+            "transpose_hw": _transpose_hw,
             "scan_carry": lambda *args: None}
 
 

@@ -92,6 +92,7 @@ def kernel_names(t: str, scans: set[tuple[int, int]]) -> list[str]:
     # Read from activations or from the fp32 scan output.
     for k in ("pointwise", "dwconv_act"):
         names += list(dict.fromkeys([f"{k}<{t}, {t}>", f"{k}<{t}, float>"]))
+    names += list(dict.fromkeys([f"transpose_hw<{t}>", "transpose_hw<float>"]))
     for n, r in sorted(scans):
         names += [f"scan_chunks<{n}, {r}, {t}, false>", f"scan_chunks<{n}, {r}, {t}, true>"]
     return names + ["scan_carry"]
@@ -99,7 +100,8 @@ def kernel_names(t: str, scans: set[tuple[int, int]]) -> list[str]:
 
 # The plan's activations and scan paths as the kernels number them (cuda/common.cuh, cuda/scan.cu).
 ACT_CODES = {"none": 0, "gelu": 1, "silu": 2, "relu": 3, "sigmoid": 4}
-SCAN_PATHS = {"raster": 0, "transposed": 1, "raster_rev": 2, "transposed_rev": 3, "rot90": 4, "rot270": 5}
+SCAN_PATHS = {"raster": 0, "transposed": 1, "raster_rev": 2, "transposed_rev": 3, "rot90": 4, "rot270": 5,
+              "raster_rev_unflipped": 6}
 
 
 def _unsupported(what: str) -> VMambaError:
@@ -284,8 +286,8 @@ class CudaEngine:
         return lambda: blas.gemm_ex(*args)
 
     @staticmethod
-    def _chunks(b: int, di: int, length: int) -> int:
-        chains = b * 4 * di
+    def _chunks(b: int, k: int, di: int, length: int) -> int:
+        chains = b * k * di
         want = max(1, math.ceil(_SCAN_TARGET_THREADS / chains))
         return max(1, min(want, length // _MIN_CHUNK))
 
@@ -329,7 +331,8 @@ class CudaEngine:
         staged = [op["rows"] * op["out"] for op in ops if op["op"] == "linear" and (op["accumulate"] or
                   roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
         tmp = cp.empty(max(staged, default=1), self._store)
-        carries = [op["b"] * 4 * op["di"] * self._chunks(op["b"], op["di"], op["h"] * op["w"]) * op["n"]
+        carries = [op["b"] * len(op["paths"]) * op["di"] * op["n"]
+                   * self._chunks(op["b"], len(op["paths"]), op["di"], op["h"] * op["w"])
                    for op in ops if op["op"] == "cross_scan"]
         carry_a = cp.empty(max(carries, default=1), cp.float32)
         carry_h = cp.empty(max(carries, default=1), cp.float32)
@@ -375,10 +378,10 @@ class CudaEngine:
                 steps.append(self._elementwise("bias_act", op["b"] * op["len"], bufs[op["buf"]], P[op["param"]],
                                                i64(op["b"]), i32(op["len"]), i32(0)))
             elif kind == "layer_norm":
-                if op["weight"] is None:
-                    raise _unsupported("a LayerNorm without weights (the cascade2d scan)")
                 rows, c = op["rows"], op["c"]
-                w, b = P[op["weight"]], P[op["bias"]]
+                # No weights (the cascade scan's plain norms): null pointers, weight 1 and bias 0.
+                w = P[op["weight"]] if op["weight"] is not None else None
+                b = P[op["bias"]] if op["bias"] is not None else None
                 if not f32[op["src"]]:
                     steps.append(self._rowwise("layernorm", rows, bufs[op["src"]], i32(c), bufs[op["dst"]], w, b,
                                                i64(rows), i32(c)))
@@ -442,7 +445,10 @@ class CudaEngine:
             elif kind == "cross_scan":
                 steps += self._scan(op, bufs, carry_a, carry_h)
             elif kind == "transpose_hw":
-                raise _unsupported("the cascade2d scan (forward_type v052dc)")
+                n = op["b"] * op["h"] * op["w"] * op["c"]
+                steps.append(self._per_element(f"transpose_hw<{src_type(op['src'])}>", n, bufs[op["src"]],
+                                               bufs[op["dst"]], i32(op["b"]), i32(op["h"]), i32(op["w"]),
+                                               i32(op["c"])))
             else:
                 raise _unsupported(f"op {kind!r}")
         return steps
@@ -454,25 +460,25 @@ class CudaEngine:
         return lambda: kernel(grid, (256,), args)
 
     def _scan(self, op: dict, bufs: list, carry_a, carry_h) -> list:
-        """The chunked four-direction scan (cuda/scan.cu): chunk states, carries, output."""
+        """The chunked scan of K directions (cuda/scan.cu): chunk states, carries, output."""
         i32, i64 = np.int32, np.int64
         b, h, w, di, n, r = op["b"], op["h"], op["w"], op["di"], op["n"], op["r"]
-        P, y = self._params, bufs[op["dst"]]
-        if len(op["paths"]) != 4 or not set(op["paths"]) <= SCAN_PATHS.keys():
-            raise _unsupported(f"a scan along {op['paths']} (the cascade2d scan)")
-        paths = sum(SCAN_PATHS[p] << (4 * k) for k, p in enumerate(op["paths"]))
-        chunks = self._chunks(b, di, h * w)
+        P, y, k = self._params, bufs[op["dst"]], len(op["paths"])
+        if not 1 <= k <= 8 or not set(op["paths"]) <= SCAN_PATHS.keys():
+            raise _unsupported(f"a scan along {op['paths']}")
+        paths = sum(SCAN_PATHS[p] << (4 * i) for i, p in enumerate(op["paths"]))
+        chunks = self._chunks(b, k, di, h * w)
         chunk = -(-(h * w) // chunks)
         block = min(128, 32 * -(-di // 32))
-        grid = ((di + block - 1) // block, 4 * chunks, b)
+        grid = ((di + block - 1) // block, k * chunks, b)
         args = self._args((bufs[op["u"]], bufs[op["xdbl"]], P[op["dt_weight"]], P[op["dt_bias"]], P[op["a"]],
                            P[op["d"]], y, carry_a, carry_h, i32(b), i32(h), i32(w), i32(di), i32(chunks), i32(chunk),
-                           i32(paths)))
+                           i32(paths), i32(k)))
         name = f"scan_chunks<{n}, {r}, {self._t}, "
-        steps = [y.fill.__self__.fill if False else (lambda: y.fill(0))]  # the scan adds the four directions
+        steps = [lambda: y.fill(0)]  # the scan adds the directions into y
         if chunks > 1:
             first, carry = self._k(name + "false>"), self._k("scan_carry")
-            chains = b * 4 * di
+            chains = b * k * di
             steps.append(lambda: first(grid, (block,), args))
             steps.append(lambda: carry(((chains * n + 255) // 256,), (256,),
                                        (carry_a, carry_h, i64(chains), i32(chunks), i32(n))))

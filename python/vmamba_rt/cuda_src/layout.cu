@@ -106,3 +106,12 @@ __global__ void mean_pool(const T* __restrict__ x, T* __restrict__ y, int B, int
     for (int p = 0; p < HW; ++p) s += to_f(x[((long long)b * HW + p) * C + c]);
     y[i] = from_f<T>(s / HW);
 }
+
+// Rows and columns swapped: x (B, H, W, C) -> y (B, W, H, C).
+template <typename T>
+__global__ void transpose_hw(const T* __restrict__ x, T* __restrict__ y, int B, int H, int W, int C) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= (long long)B * H * W * C) return;
+    int c = i % C; long long q = i / C; int r = q % H; q /= H; int col = q % W; int b = q / W;
+    y[i] = x[(((long long)b * H + r) * W + col) * C + c];
+}

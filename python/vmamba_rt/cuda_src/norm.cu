@@ -11,7 +11,7 @@ __device__ __forceinline__ void row_stats(const T* x, int C, float& mean, float&
     inv = rsqrtf(warp_sum(v) / C + 1e-5f);
 }
 
-// out (rows, C) = LN(x), x rows `x_stride` apart.
+// out (rows, C) = LN(x), x rows `x_stride` apart; w, b may be null (weight 1, bias 0).
 template <typename T>
 __global__ void layernorm(const T* __restrict__ x, int x_stride, T* __restrict__ out, const float* __restrict__ w,
                           const float* __restrict__ b, long long rows, int C) {
@@ -21,7 +21,7 @@ __global__ void layernorm(const T* __restrict__ x, int x_stride, T* __restrict__
     float mean, inv;
     row_stats(xr, C, mean, inv);
     for (int c = threadIdx.x & 31; c < C; c += 32)
-        out[row * C + c] = from_f<T>((to_f(xr[c]) - mean) * inv * w[c] + b[c]);
+        out[row * C + c] = from_f<T>((to_f(xr[c]) - mean) * inv * (w ? w[c] : 1.0f) + (b ? b[c] : 0.0f));
 }
 
 // The residual step with the next norm fused: x += y (+ bias); out = LN(x).
@@ -43,7 +43,7 @@ __global__ void residual_layernorm(T* __restrict__ x, const T* __restrict__ y, c
 }
 
 // SS2D's out_norm of the fp32 scan output with the gate fused: out = LN(y) * act(z)
-// (z may be null; act as in common.cuh).
+// (z, w, b may be null; act as in common.cuh).
 template <typename T>
 __global__ void layernorm_gate(const float* __restrict__ y, T* __restrict__ out, const T* __restrict__ z, int z_stride,
                                const float* __restrict__ w, const float* __restrict__ b, long long rows, int C,
@@ -54,7 +54,7 @@ __global__ void layernorm_gate(const float* __restrict__ y, T* __restrict__ out,
     float mean, inv;
     row_stats(yr, C, mean, inv);
     for (int c = threadIdx.x & 31; c < C; c += 32) {
-        float v = (yr[c] - mean) * inv * w[c] + b[c];
+        float v = (yr[c] - mean) * inv * (w ? w[c] : 1.0f) + (b ? b[c] : 0.0f);
         if (z) v *= act_f(to_f(z[row * z_stride + c]), gate_act);
         out[row * C + c] = from_f<T>(v);
     }

@@ -19,7 +19,8 @@
 // A path through an H x W grid as `lines` runs of `len` steps: run i starts at
 // pixel start + i * line_step and moves by `step`. Codes as gpu.py SCAN_PATHS:
 // 0 raster, 1 transposed, 2 raster reversed, 3 transposed reversed, 4 rotated
-// 90 degrees, 5 rotated 270 degrees.
+// 90 degrees, 5 rotated 270 degrees, 6 raster reversed with each step's output
+// written at the step's index (the cascade scan's unflipped backward direction).
 struct Walk {
     int len, start, line_step, step;
 };
@@ -28,7 +29,7 @@ __device__ __forceinline__ Walk walk_of(int path, int H, int W) {
     int L = H * W;
     switch (path) {
         case 1: return {H, 0, 1, W};
-        case 2: return {L, L - 1, 0, -1};
+        case 2: case 6: return {L, L - 1, 0, -1};
         case 3: return {H, L - 1, -1, -W};
         case 4: return {H, W - 1, -1, W};
         case 5: return {H, (H - 1) * W, 1, -W};
@@ -36,25 +37,26 @@ __device__ __forceinline__ Walk walk_of(int path, int H, int W) {
     }
 }
 
-// u: (B*L, Di)    xdbl: (B*L, 4, R+2N) holding dt (R), B (N), C (N)
-// wdt: (4, Di, R) bias: (4*Di)  A: (4*Di, N) = -exp(A_logs)  D: (4*Di)
-// y: (B*L, Di) fp32, accumulated with atomics (four directions meet at a pixel)
-// carry_a, carry_h: (B, 4, Di, S, N)
+// K directions (4, or 2 for each pass of the cascade scan):
+// u: (B*L, Di)    xdbl: (B*L, K, R+2N) holding dt (R), B (N), C (N)
+// wdt: (K, Di, R) bias: (K*Di)  A: (K*Di, N) = -exp(A_logs)  D: (K*Di)
+// y: (B*L, Di) fp32, accumulated with atomics (the directions meet at a pixel)
+// carry_a, carry_h: (B, K, Di, S, N)
 template <int N, int R, typename T, bool WRITE>
 __global__ void scan_chunks(const T* __restrict__ u, const T* __restrict__ xdbl, const float* __restrict__ wdt,
                             const float* __restrict__ bias, const float* __restrict__ A, const float* __restrict__ D,
                             float* __restrict__ y, float* __restrict__ carry_a, float* __restrict__ carry_h,
-                            int B, int H, int W, int Di, int S, int chunk, int paths) {
+                            int B, int H, int W, int Di, int S, int chunk, int paths, int K) {
     int d = blockIdx.x * blockDim.x + threadIdx.x;
     int s = blockIdx.y % S, k = blockIdx.y / S, b = blockIdx.z;
     if (d >= Di) return;
-    const int L = H * W, XS = 4 * (R + 2 * N);
+    const int L = H * W, XS = K * (R + 2 * N);
     const int ch = k * Di + d;
     float w[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) w[r] = wdt[(long long)ch * R + r];
     float a[N], h[N];
-    long long carry = ((((long long)b * 4 + k) * Di + d) * S + s) * N;
+    long long carry = ((((long long)b * K + k) * Di + d) * S + s) * N;
 #pragma unroll
     for (int n = 0; n < N; ++n) {
         a[n] = A[(long long)ch * N + n];
@@ -64,7 +66,8 @@ __global__ void scan_chunks(const T* __restrict__ u, const T* __restrict__ xdbl,
     float delta_sum = 0.0f;
     int l0 = s * chunk, l1 = min(L, l0 + chunk);
     // Step l0's pixel once, then walk: no division in the loop.
-    const Walk walk = walk_of((paths >> (4 * k)) & 15, H, W);
+    const int path = (paths >> (4 * k)) & 15;
+    const Walk walk = walk_of(path, H, W);
     int j = l0 % walk.len, line = l0 / walk.len;
     int p = walk.start + line * walk.line_step + j * walk.step;
     for (int l = l0; l < l1; ++l) {
@@ -88,7 +91,7 @@ __global__ void scan_chunks(const T* __restrict__ u, const T* __restrict__ xdbl,
             h[n] = __expf(delta * a[n]) * h[n] + delta * to_f(x[R + n]) * uu;
             acc += h[n] * to_f(x[R + N + n]);
         }
-        if (WRITE) atomicAdd(y + row * Di + d, acc);
+        if (WRITE) atomicAdd(y + (path == 6 ? (long long)b * L + l : row) * Di + d, acc);
         delta_sum += delta;
     }
     if (!WRITE) {
