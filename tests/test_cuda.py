@@ -120,6 +120,9 @@ def test_graph_replay_device_io_batches_and_odd_sizes(converted, backend):
     assert cuda.predict(str(GOLDEN.parent.parent / "examples/images/digit_3.png"), topk=2)
     with pytest.raises(vmamba_rt.VMambaError, match="too small"):
         cuda(np.zeros((1, 3, 2, 2), np.float32))
+    # Plans are made from the shape alone: one far too large is refused before any size is computed.
+    with pytest.raises(MemoryError, match="far beyond"):
+        cuda.engine._native.plan_json((1 << 40, 3, 64, 64), "logits")
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

@@ -112,13 +112,6 @@ impl VMamba {
         let [b, c, h, w] = shape;
         let workers = self.num_threads().min(b);
         let (at_once, per_run) = if workers <= 1 { (1, b) } else { (workers, 1) };
-        // Plans hold sizes in usize: refuse inputs whose buffers could not be counted.
-        let rows = (per_run as u128) * (h as u128) * (w as u128);
-        if rows > (1u128 << 40) {
-            return Err(Error::OutOfMemory(format!(
-                "a forward pass on input {shape:?} is far beyond any machine's memory"
-            )));
-        }
         let plan = self.emit([per_run, c, h, w], outputs);
         let work = crate::exec::workspace_len(&plan) as f64 * 4.0;
         let outputs = plan.elements() as f64 - (plan.arena[0] + plan.arena[1]) as f64;
@@ -150,6 +143,13 @@ impl VMamba {
             .try_fold(1usize, |n, &d| n.checked_mul(d));
         if elements.is_none_or(|n| n > isize::MAX as usize / 4) {
             return Err(Error::Input(format!("input shape {shape:?} is too large")));
+        }
+        // A plan holds its buffer sizes in usize, up to a few thousand times the pixel
+        // count: bound the pixels so that no size can overflow, on any engine.
+        if b as u128 * h as u128 * w as u128 > 1 << 40 {
+            return Err(Error::OutOfMemory(format!(
+                "a forward pass on input {shape:?} is far beyond any machine's memory"
+            )));
         }
         Ok(())
     }
