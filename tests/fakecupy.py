@@ -295,5 +295,4 @@ class Blas:
         _launch(run)
 
 
-ndarray_type = ndarray
 cuda = types.SimpleNamespace(Stream=Stream, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))

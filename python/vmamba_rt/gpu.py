@@ -267,6 +267,12 @@ class CudaEngine:
     def _args(args) -> tuple:
         return tuple(_NULL if a is None else a for a in args)  # None: a null pointer
 
+    def _per_element(self, name: str, n: int, *args):
+        """One thread per element, of a kernel named with its template arguments."""
+        kernel, grid = self._k(name), ((n + 255) // 256,)
+        args = self._args(args)
+        return lambda: kernel(grid, (256,), args)
+
     def _elementwise(self, name: str, n: int, *args):
         """A launch of one thread per element."""
         return self._per_element(f"{name}<{self._t}>", n, *args)
@@ -452,12 +458,6 @@ class CudaEngine:
             else:
                 raise _unsupported(f"op {kind!r}")
         return steps
-
-    def _per_element(self, name: str, n: int, *args):
-        """One thread per element, of a kernel named with its template arguments."""
-        kernel, grid = self._k(name), ((n + 255) // 256,)
-        args = self._args(args)
-        return lambda: kernel(grid, (256,), args)
 
     def _scan(self, op: dict, bufs: list, carry_a, carry_h) -> list:
         """The chunked scan of K directions (cuda/scan.cu): chunk states, carries, output."""
