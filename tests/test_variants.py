@@ -42,6 +42,15 @@ def test_every_official_variant_matches(case, tmp_path):
     _check(Path(ALL), case, tmp_path)
 
 
+def test_position_embedding_takes_only_its_size(tmp_path, device):
+    path = vmamba_rt.convert(SHIPPED / "x_posembed_conv3.pth", tmp_path / "pe.safetensors")
+    model = vmamba_rt.load(path, device=device)
+    assert model.min_size == model.config["imgsize"] == 64
+    for side in (48, 68):  # smaller, and larger with a stem output of another size
+        with pytest.raises(vmamba_rt.VMambaError, match="position embedding made for 64x64 inputs; got"):
+            model(np.zeros((1, 3, side, side), np.float32))
+
+
 def test_shipped_cases_cover_every_new_setting():
     settings = [json.loads(p.read_text()) for p in SHIPPED.glob("*.json")]
     types = {s["SSM_FORWARDTYPE"] for s in settings}

@@ -138,6 +138,15 @@ impl VMamba {
                 "input of {h}x{w} pixels is too small for this model (needs at least {m}x{m})"
             )));
         }
+        if let Some((_, ph, pw)) = self.pos_embed {
+            // The embedding is added pixel by pixel: it fits one stem output size only.
+            if self.stem.out_hw(h, w) != Some((ph, pw)) {
+                let side = self.config.imgsize;
+                return Err(Error::Input(format!(
+                    "this model adds a position embedding made for {side}x{side} inputs; got {h}x{w}"
+                )));
+            }
+        }
         let elements = [b, c, h, w]
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d));
