@@ -3,9 +3,11 @@
 Each row runs in a fresh process so its peak RSS is its own. The machine's
 sgemm rate (best of several float32 2048x2048 numpy matmuls) is measured in the
 same run on 1 and on all threads, and every row reports its FLOP rate as a
-fraction of the rate for its thread count. A second table holds the model's own
-GEMM shapes (read from its execution plan): our GEMM against numpy's on each,
-on 1 and on all threads.
+fraction of the rate for its thread count; rows come with float32 and with
+bfloat16 weights. Then, for vmamba-tiny-s1l8 at 224: the time of each kind of
+op in one forward pass (`VMamba::profile`), on 1 and on all threads, and the
+model's own GEMM shapes (read from its execution plan): numpy's GEMM against
+ours, float32 and bfloat16 weights, on 1 and on all threads.
 
     python bench/bench_cpu.py                 # the full tables
     python bench/bench_cpu.py --quick         # 224 only
@@ -19,6 +21,9 @@ import os
 import subprocess
 import sys
 import time
+
+# How the linear weights are stored (vmamba_rt.load(..., dtype=)).
+DTYPES = ("float32", "bfloat16")
 
 # Model FLOPs (2 x MACs) per 224x224 image, from the issue / paper, scaled by pixels.
 GFLOP_224 = {"vmamba-tiny-s1l8": 9.75, "vanilla-vmamba-tiny": 11.2}
@@ -65,23 +70,46 @@ def gemm_shapes(preset: str, res: int) -> list[tuple[tuple[int, int, int], int]]
     return sorted(count.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * kv[1])
 
 
-def gemm_child(shapes, threads: int, reps: int) -> list:
-    """Child process (BLAS threads set by the parent): our GEMM and numpy's per shape."""
+def gemm_child(shapes, threads: int, reps: int, rounds: int = 3) -> dict:
+    """Child process (numpy's BLAS threads set by the parent): GFLOP/s per shape
+    of numpy's GEMM and of ours with float32 and bfloat16 weights. The three are
+    timed one after the other per shape, in `rounds` rounds, best of each kept:
+    on a shared host the load changes by the minute, and measuring each side in
+    a block of its own would compare different minutes. After numpy's turn the
+    child sleeps: OpenBLAS's threads spin for a while after each call and would
+    take the cores from ours."""
     import numpy as np
 
     from vmamba_rt import _native
 
-    out = []
-    for (m, k, n), _ in shapes:
-        x = np.random.rand(m, k).astype(np.float32)
-        w = np.random.rand(n, k).astype(np.float32)
-        x @ w.T
-        best = min(_timed(lambda: x @ w.T) for _ in range(reps))
-        out.append((_native.gemm_gflops(m, k, n, threads, reps), 2 * m * k * n / best / 1e9))
-    return out
+    best = {who: [0.0] * len(shapes) for who in ("numpy", *DTYPES)}
+    for _ in range(rounds):
+        for i, ((m, k, n), _) in enumerate(shapes):
+            for dtype in DTYPES:
+                best[dtype][i] = max(best[dtype][i], _native.gemm_gflops(m, k, n, threads, reps, dtype))
+            x = np.random.rand(m, k).astype(np.float32)
+            w = np.random.rand(n, k).astype(np.float32)
+            x @ w.T
+            t = min(_timed(lambda: x @ w.T) for _ in range(reps))
+            best["numpy"][i] = max(best["numpy"][i], 2 * m * k * n / t / 1e9)
+            time.sleep(0.3)
+    return best
 
 
-def run_one(preset, res, batch, reps, threads=0):
+def profile_child(preset: str, res: int, threads: int, reps: int) -> dict:
+    """Child process: seconds per kind of op of one forward pass (best of `reps`)."""
+    import numpy as np
+
+    import vmamba_rt
+
+    model = vmamba_rt.Model.random(preset, num_threads=threads)
+    x = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
+    model(x)
+    runs = [dict(model._native.profile(x)) for _ in range(reps)]
+    return {kind: min(r[kind] for r in runs) for kind in runs[0]}
+
+
+def run_one(preset, res, batch, reps, threads=0, dtype="float32"):
     """Child process: time one configuration, print a JSON line."""
     import resource
 
@@ -89,7 +117,7 @@ def run_one(preset, res, batch, reps, threads=0):
 
     import vmamba_rt
 
-    model = vmamba_rt.Model.random(preset, num_threads=threads)
+    model = vmamba_rt.Model.random(preset, num_threads=threads, dtype=dtype)
     x = np.random.default_rng(0).standard_normal((batch, 3, res, res)).astype(np.float32)
     model(x)  # warm-up (page in weights, grow buffers)
     times = [_timed(lambda: model(x)) for _ in range(reps)]
@@ -101,66 +129,103 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--child", nargs=4)
+    ap.add_argument("--child", nargs=5)
     ap.add_argument("--gemm-child", nargs=3)
+    ap.add_argument("--profile-child", nargs=3)
     args = ap.parse_args()
     if args.child:
-        preset, res, batch, threads = args.child
-        return run_one(preset, int(res), int(batch), args.reps, int(threads))
+        preset, res, batch, threads, dtype = args.child
+        return run_one(preset, int(res), int(batch), args.reps, int(threads), dtype)
     if args.gemm_child:
         preset, res, threads = args.gemm_child
         print(json.dumps(gemm_child(gemm_shapes(preset, int(res)), int(threads), args.reps)))
+        return None
+    if args.profile_child:
+        preset, res, threads = args.profile_child
+        print(json.dumps(profile_child(preset, int(res), int(threads), args.reps)))
         return None
 
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores})
     rows = []
     for preset in ["vmamba-tiny-s1l8", "vanilla-vmamba-tiny"]:
-        for res in [224] if args.quick else [224, 384, 512]:
-            for batch in [1, 8] if res == 224 else [1]:
-                for threads in thread_counts if (res, batch) == (224, 1) else [cores]:
-                    rows.append((preset, res, batch, threads))
+        for dtype in DTYPES:
+            for res in [224] if args.quick else [224, 384, 512]:
+                for batch in [1, 8] if res == 224 else [1]:
+                    for threads in thread_counts if (res, batch) == (224, 1) else [cores]:
+                        rows.append((preset, dtype, res, batch, threads))
     peak = {t: sgemm_child(t) for t in thread_counts}
     print("machine sgemm (numpy, 2048^3 fp32, best of 5): "
           + ", ".join(f"{peak[t]:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t in thread_counts))
-    hdr = f"| {'model':<20} | res | batch | threads | ms/img | img/s | GFLOP/s | of sgemm | peak RSS MB |"
+    hdr = f"| {'model':<20} | weights  | res | batch | threads | ms/img | img/s | GFLOP/s | of sgemm | peak RSS MB |"
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     times = {}
-    for preset, res, batch, threads in rows:
+    for preset, dtype, res, batch, threads in rows:
         # numpy's OpenBLAS threads would spin beside ours in the child; it needs no BLAS.
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
         out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--child", preset, str(res),
-                              str(batch), str(threads)], capture_output=True, text=True, check=True, env=env)
+                              str(batch), str(threads), dtype], capture_output=True, text=True, check=True, env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         per_img = r["best"] / batch
-        times[(preset, res, batch, threads)] = per_img
+        times[(preset, dtype, res, batch, threads)] = per_img
         gflop = GFLOP_224[preset] * (res / 224) ** 2
         rate = gflop / per_img
-        print(f"| {preset:<20} | {res:>3} | {batch:>5} | {threads:>7} | {per_img * 1e3:>6.1f} | {1 / per_img:>5.1f} |"
-              f" {rate:>7.1f} | {rate / peak[threads]:>8.0%} | {r['rss_mb']:>11.0f} |", flush=True)
+        print(f"| {preset:<20} | {dtype:<8} | {res:>3} | {batch:>5} | {threads:>7} | {per_img * 1e3:>6.1f} |"
+              f" {1 / per_img:>5.1f} | {rate:>7.1f} | {rate / peak[threads]:>8.0%} | {r['rss_mb']:>11.0f} |",
+              flush=True)
     for preset in ["vmamba-tiny-s1l8", "vanilla-vmamba-tiny"]:
-        if cores > 1:
-            one, all_ = times[(preset, 224, 1, 1)], times[(preset, 224, 1, cores)]
-            print(f"{preset} 224 batch 1: {cores} threads take {all_ / one:.2f}x the 1-thread time")
+        for dtype in DTYPES:
+            if cores > 1:
+                one, all_ = times[(preset, dtype, 224, 1, 1)], times[(preset, dtype, 224, 1, cores)]
+                print(f"{preset} {dtype} 224 batch 1: {cores} threads take {all_ / one:.2f}x the 1-thread time")
+        bf16, fp32 = (times[(preset, d, 224, 1, cores)] for d in DTYPES[::-1])
+        print(f"{preset} 224 batch 1, {cores} threads: bfloat16 takes {bf16 / fp32:.2f}x the float32 time")
 
     # The model's GEMM shapes, ours against numpy's, on each thread count.
     preset = "vmamba-tiny-s1l8"
     shapes = gemm_shapes(preset, 224)
+    # Where the time goes: seconds per kind of op, one forward pass at batch 1.
+    prof = {}
+    for t in thread_counts:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--profile-child", preset, "224",
+                              str(t)], capture_output=True, text=True, check=True, env=env)
+        prof[t] = json.loads(out.stdout.strip().splitlines()[-1])
+    gemm_gflop = sum(2 * m * k * n * runs for (m, k, n), runs in shapes) / 1e9
+    print(f"\n{preset} at 224, batch 1, float32: time per kind of op (ms, best of {args.reps}; 'linear' is every GEMM"
+          " with its bias and fused activation)")
+    cols = "".join(f" {t} thread{'s' * (t > 1)} |  share |" for t in thread_counts)
+    hdr = f"| op                | {cols}"
+    print(hdr)
+    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    total = {t: sum(prof[t].values()) for t in thread_counts}
+    for kind in sorted(prof[thread_counts[0]], key=lambda k: -prof[thread_counts[0]][k]):
+        cells = "".join(f" {prof[t][kind] * 1e3:>9.1f} | {prof[t][kind] / total[t]:>6.0%} |" for t in thread_counts)
+        print(f"| {kind:<17} | {cells}")
+    for t in thread_counts:
+        rate = gemm_gflop / prof[t]["linear"]
+        print(f"GEMMs inside the model, {t} thread{'s' * (t > 1)}: {gemm_gflop:.2f} GFLOP at {rate:.1f} GFLOP/s"
+              f" = {rate / peak[t]:.2f} of sgemm")
+
     rates = {}
     for t in thread_counts:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
-        out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--gemm-child", preset, "224", str(t)],
-                             capture_output=True, text=True, check=True, env=env)
-        rates[t] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\n{preset} at 224, batch 1: its GEMM shapes (M, K, N), ours and numpy's GFLOP/s")
-    cols = "".join(f" ours {t}t | numpy {t}t | ratio {t}t |" for t in thread_counts)
+        out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--gemm-child", preset, "224",
+                              str(t)], capture_output=True, text=True, check=True, env=env)
+        for who, r in json.loads(out.stdout.strip().splitlines()[-1]).items():
+            rates[who, t] = r
+    print(f"\n{preset} at 224, batch 1: its GEMM shapes (M, K, N); GFLOP/s of numpy's, of ours with float32"
+          " weights and of ours with bfloat16 weights (best of 3 interleaved rounds), and ours over numpy's")
+    cols = "".join(f" numpy {t}t | f32 {t}t | bf16 {t}t | f32/np | bf16/np |" for t in thread_counts)
     hdr = f"| M x K x N          | runs |{cols}"
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for i, ((m, k, n), runs) in enumerate(shapes):
-        cells = "".join(f" {rates[t][i][0]:>7.1f} | {rates[t][i][1]:>8.1f} | {rates[t][i][0] / rates[t][i][1]:>8.2f} |"
-                        for t in thread_counts)
+        cells = ""
+        for t in thread_counts:
+            np_, f32, bf16 = (rates[who, t][i] for who in ("numpy", *DTYPES))
+            cells += f" {np_:>8.1f} | {f32:>6.1f} | {bf16:>7.1f} | {f32 / np_:>6.2f} | {bf16 / np_:>7.2f} |"
         print(f"| {m:>5} x {k:>4} x {n:>4} | {runs:>4} |{cells}", flush=True)
     return None
 

@@ -309,7 +309,9 @@ def test_memory_cap_from_the_environment(monkeypatch):
 
 # 6. Weights changed underneath a loaded model ------------------------------------------
 
-def test_rewriting_or_truncating_the_file_cannot_touch_a_loaded_model(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_rewriting_or_truncating_the_file_cannot_touch_a_loaded_model(tmp_path, mmap):
+    """A model copies what it keeps: mapped or not, the file is let go after the load."""
     path = tmp_path / "w.safetensors"
     path.write_bytes(open(vmamba_rt.DEFAULT_MODEL, "rb").read())
     r = run_child(f"""
@@ -317,7 +319,7 @@ def test_rewriting_or_truncating_the_file_cannot_touch_a_loaded_model(tmp_path):
         from safetensors.numpy import load_file, save_file
         from safetensors import safe_open
         path = {str(path)!r}
-        m = vmamba_rt.load(path)
+        m = vmamba_rt.load(path, mmap={mmap})
         x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
         before = m(x)
         sd = load_file(path)
@@ -338,7 +340,7 @@ def test_rewriting_or_truncating_the_file_cannot_touch_a_loaded_model(tmp_path):
     assert "same after rewrite True" in r["out"] and "same after truncate True" in r["out"], r
 
 
-def test_mmap_is_an_explicit_choice(tmp_path):
+def test_mmap_gives_the_same_model(tmp_path):
     x = np.zeros((1, 3, 64, 64), np.float32)
     mapped = vmamba_rt.load(mmap=True)
     assert np.array_equal(mapped(x), vmamba_rt.load()(x))

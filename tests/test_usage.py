@@ -77,7 +77,9 @@ def test_threads_device_and_dtype_options():
     bad = run("classify", IMAGES / "digit_7.png", "--threads", "-2")
     assert bad.returncode == 2 and "--threads" in bad.stderr
     cpu16 = run("classify", IMAGES / "digit_7.png", "--dtype", "float16")
-    assert cpu16.returncode == 1 and "CPU engine runs float32 only" in cpu16.stderr
+    assert cpu16.returncode == 1 and "CPU engine runs float32 or bfloat16" in cpu16.stderr
+    bf16 = run("classify", IMAGES / "digit_7.png", "--dtype", "bfloat16", "--topk", "1", "--json")
+    assert bf16.returncode == 0 and json.loads(bf16.stdout)["top"][0]["label"] == "7"
 
 
 def test_progress_bar_keeps_results_whole_on_a_terminal(tmp_path):
@@ -257,3 +259,15 @@ def test_file_format_is_one_definition_and_its_version_is_checked(tmp_path):
     save_file(load_file(vmamba_rt.DEFAULT_MODEL), tmp_path / "future.safetensors", metadata=meta)
     with pytest.raises(VMambaError, match="future.safetensors.*format 7 by a newer vmamba-rt"):
         vmamba_rt.load(tmp_path / "future.safetensors")
+
+
+def test_profile_times_every_kind_of_op_the_plan_holds():
+    model = vmamba_rt.load()
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    times = dict(model._native.profile(x))
+    kinds = {op["op"] for op in json.loads(model._native.plan_json((1, 3, 64, 64), "logits"))["ops"]}
+    # An activation right after a linear op runs inside the GEMM and counts as "linear".
+    assert set(times) <= kinds and {"linear", "cross_scan", "layer_norm"} <= set(times)
+    assert times["linear"] > 0 and all(v >= 0 for v in times.values())
+    with pytest.raises(vmamba_rt.VMambaError, match="channels"):
+        model._native.profile(np.zeros((1, 2, 64, 64), np.float32))

@@ -87,13 +87,15 @@ def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: s
     for the bundled digits model.
 
     ``device="cuda"`` runs it on an NVIDIA GPU through CuPy (``dtype`` "float32",
-    "float16" or "bfloat16"); the default is the CPU engine (float32).
+    "float16" or "bfloat16"); the default is the CPU engine, float32, or with
+    ``dtype="bfloat16"`` the linear layers' weights stored in bf16 (half the
+    memory; activations and sums stay f32, see docs/api.md).
     ``num_threads`` overrides the ``VMAMBA_RT_NUM_THREADS`` environment variable
     (default: all cores). ``out_indices`` picks the stages ``features`` returns.
 
-    The weights are read into memory, so the model never depends on the file
-    again. ``mmap=True`` maps the file instead (no copy, pages read on use): the
-    file must then not be changed or truncated while the model lives."""
+    The model keeps its own copy of the weights (re-laid out for its kernels)
+    and never reads the file again. ``mmap=True`` maps the file while loading
+    instead of reading it into a buffer."""
     check_device(device, dtype)  # before any download
     path = resolve(path, download=download, convert=convert)
     return Model(path, device=device, dtype=dtype, num_threads=num_threads, mmap=mmap, out_indices=out_indices)

@@ -278,7 +278,7 @@ def _add_model_options(p, *, batch: int, batch_help: str) -> None:
                    help="CPU worker threads per model (0: all cores; default: $VMAMBA_RT_NUM_THREADS or all cores)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="precision (float16 / bfloat16 on cuda only)")
+                   help="precision (bfloat16 on the CPU: bf16 weights, f32 arithmetic; float16 on cuda only)")
 
 
 def build_parser() -> argparse.ArgumentParser:

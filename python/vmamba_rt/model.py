@@ -27,8 +27,15 @@ def _threads(num_threads) -> int | None:
 def check_device(device: str, dtype: str) -> None:
     if device not in ("cpu", "cuda"):
         raise VMambaError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cpu" and dtype != "float32":
-        raise VMambaError(f"the CPU engine runs float32 only, got dtype={dtype!r}")
+    if device == "cpu" and dtype not in ("float32", "bfloat16"):
+        raise VMambaError(f"the CPU engine runs float32 or bfloat16, got dtype={dtype!r}")
+
+
+def _cpu_weights(device: str, dtype: str) -> str:
+    """How the native model stores its linear weights: bf16 only for the CPU's
+    bf16 mode (the CUDA engine converts f32 weights itself)."""
+    check_device(device, dtype)
+    return dtype if device == "cpu" else "float32"
 
 
 def _engine(native, device: str, dtype: str):
@@ -72,7 +79,8 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
                  num_threads: int | None = None, mmap: bool = False, out_indices: list[int] | None = None):
         path = os.fspath(path)
-        self._init(path, _native.Model(path, _threads(num_threads), bool(mmap)), device, dtype, out_indices)
+        native = _native.Model(path, _threads(num_threads), bool(mmap), _cpu_weights(device, dtype))
+        self._init(path, native, device, dtype, out_indices)
 
     def _init(self, path: str, native, device: str, dtype: str, out_indices: list[int] | None = None) -> None:
         self.path = path
@@ -102,7 +110,7 @@ class Model:
             raise VMambaError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         model = cls.__new__(cls)
         model._init(f"<random {arch if isinstance(arch, str) else 'config'}>",
-                    _native.Model.random(cfg, seed, _threads(num_threads)), device, dtype)
+                    _native.Model.random(cfg, seed, _threads(num_threads), _cpu_weights(device, dtype)), device, dtype)
         return model
 
     @property

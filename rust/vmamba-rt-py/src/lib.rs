@@ -55,6 +55,15 @@ struct Model {
     inner: VMamba,
 }
 
+/// A weight type by its NumPy-style name.
+pub(crate) fn weight_type(dtype: &str) -> PyResult<vmamba_rt::kernels::gemm::WeightType> {
+    vmamba_rt::kernels::gemm::WeightType::from_name(dtype).ok_or_else(|| {
+        VMambaError::new_err(format!(
+            "dtype must be 'float32' or 'bfloat16' on the CPU, got {dtype:?}"
+        ))
+    })
+}
+
 fn shape4(x: &PyReadonlyArray4<f32>) -> PyResult<[usize; 4]> {
     if !x.is_c_contiguous() {
         return Err(VMambaError::new_err(
@@ -80,15 +89,18 @@ fn per_image_rows<'py>(
 
 #[pymethods]
 impl Model {
-    /// `mmap=True` maps the file instead of reading it (see `Weights::open_mmap`).
+    /// `mmap=True` maps the file instead of reading it (see `Weights::open_mmap`);
+    /// `weights` ("float32" or "bfloat16") is how the linear weights are stored.
     #[new]
-    #[pyo3(signature = (path, num_threads=None, mmap=false))]
+    #[pyo3(signature = (path, num_threads=None, mmap=false, weights="float32"))]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
         num_threads: Option<usize>,
         mmap: bool,
+        weights: &str,
     ) -> PyResult<Self> {
+        let weights = weight_type(weights)?;
         detached(py, || {
             let mut inner = if mmap {
                 VMamba::load_mmap(&path)?
@@ -98,25 +110,29 @@ impl Model {
             if let Some(n) = num_threads {
                 inner.set_num_threads(n)?;
             }
+            inner.set_weight_type(weights);
             Ok(Model { inner })
         })
     }
 
     /// A model with random weights in the shapes of `config_json` (benchmarks).
     #[staticmethod]
-    #[pyo3(signature = (config_json, seed=0, num_threads=None))]
+    #[pyo3(signature = (config_json, seed=0, num_threads=None, weights="float32"))]
     fn random(
         py: Python<'_>,
         config_json: &str,
         seed: u64,
         num_threads: Option<usize>,
+        weights: &str,
     ) -> PyResult<Self> {
+        let weights = weight_type(weights)?;
         detached(py, || {
             let cfg = vmamba_rt::Config::from_json(config_json)?;
             let mut inner = VMamba::random(cfg, seed)?;
             if let Some(n) = num_threads {
                 inner.set_num_threads(n)?;
             }
+            inner.set_weight_type(weights);
             Ok(Model { inner })
         })
     }
@@ -202,7 +218,8 @@ impl Model {
             .collect()
     }
 
-    /// One parameter (a copy), in the layout its ops read.
+    /// One parameter (a copy), in the layout its ops read; a linear weight (which
+    /// the CPU keeps packed) as its (N, K) rows.
     fn param<'py>(
         &self,
         py: Python<'py>,
@@ -216,7 +233,19 @@ impl Model {
             )));
         }
         let shape = ps.table()[id].2.to_vec();
-        ps.data(id).to_vec().into_pyarray(py).reshape(shape)
+        ps.dense(id).into_owned().into_pyarray(py).reshape(shape)
+    }
+
+    /// Seconds per kind of op of one forward pass (see `VMamba::profile`).
+    fn profile(
+        &self,
+        py: Python<'_>,
+        x: PyReadonlyArray4<'_, f32>,
+    ) -> PyResult<Vec<(String, f64)>> {
+        let shape = shape4(&x)?;
+        let data = x.as_slice()?;
+        let times = detached(py, || self.inner.profile(data, shape))?;
+        Ok(times.into_iter().map(|(k, s)| (k.to_string(), s)).collect())
     }
 
     /// Feature maps, each (B, C, H, W).

@@ -149,15 +149,31 @@ fn run_op<'py>(
     let op: vmamba_rt::plan::Op =
         serde_json::from_str(op_json).map_err(|e| VMambaError::new_err(format!("bad op: {e}")))?;
     let mut bufs: Vec<Vec<f32>> = buffers.iter().map(|b| b.as_array().to_vec()).collect();
+    // A linear op's weight is packed for the GEMM, as the model does at load.
+    let linear = match op {
+        vmamba_rt::plan::Op::Linear {
+            weight, out, inp, ..
+        } => Some((weight, out, inp)),
+        _ => None,
+    };
     let mut ps = vmamba_rt::plan::Params::default();
     for (i, p) in params.iter().enumerate() {
         let data = p.as_array().to_vec();
         let n = data.len();
-        ps.add(
-            &i.to_string(),
-            vmamba_rt::weights::Param::owned(data, vec![n]),
-            vmamba_rt::plan::DType::F32,
-        );
+        let param = vmamba_rt::weights::Param::owned(data, vec![n]);
+        match linear {
+            Some((w, out, inp)) if w == i => {
+                if n != out * inp {
+                    return Err(VMambaError::new_err(format!(
+                        "linear weight {i} holds {n} values, not {out}x{inp}"
+                    )));
+                }
+                ps.add_linear(&i.to_string(), param, out, inp);
+            }
+            _ => {
+                ps.add(&i.to_string(), param, vmamba_rt::plan::DType::F32);
+            }
+        }
     }
     py.detach(|| guarded(|| vmamba_rt::exec::run_op(&op, &ps, &mut bufs).map_err(crate::to_py)))?;
     Ok(bufs.into_iter().map(|b| b.into_pyarray(py)).collect())
@@ -167,6 +183,8 @@ fn run_op<'py>(
 /// best of `reps` products x (m, k) times w (n, k)^T on `threads` threads, in
 /// GFLOP/s (operands allocated once, outside the timing).
 #[pyfunction]
+#[pyo3(signature = (m, k, n, threads, reps, dtype="float32"))]
+#[allow(clippy::too_many_arguments)]
 fn gemm_gflops(
     py: Python<'_>,
     m: usize,
@@ -174,6 +192,7 @@ fn gemm_gflops(
     n: usize,
     threads: usize,
     reps: usize,
+    dtype: &str,
 ) -> PyResult<f64> {
     let elems = [m * k, n * k, m * n];
     if [m, k, n, threads, reps].contains(&0) || elems.iter().any(|&e| e > 1 << 28) || threads > 1024
@@ -184,18 +203,19 @@ fn gemm_gflops(
     }
     py.detach(|| {
         guarded(|| {
-            use vmamba_rt::kernels::matmul::{matmul_nt, Mat};
+            use vmamba_rt::kernels::gemm::{Epilogue, PackedWeight};
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .map_err(|e| VMambaError::new_err(e.to_string()))?;
-            let (x, w) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
+            let x = vec![0.5f32; m * k];
+            let w = PackedWeight::new(&vec![0.25f32; n * k], n, k, crate::weight_type(dtype)?);
             let mut y = vec![0.0f32; m * n];
             let best = pool.install(|| {
                 (0..reps + 1)
                     .map(|_| {
                         let t = std::time::Instant::now();
-                        matmul_nt(Mat::new(&x, m, k), Mat::new(&w, n, k), &mut y, n, false);
+                        w.apply(&x, m, Epilogue::NONE, &mut y, false);
                         t.elapsed().as_secs_f64()
                     })
                     .skip(1) // the first call warms caches and the pool

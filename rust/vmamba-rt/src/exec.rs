@@ -10,9 +10,10 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{self, Mat};
+use crate::kernels::gemm::Epilogue;
 use crate::kernels::{act, conv, math, norm, scan};
 use crate::plan::{BufId, DType, Op, Params, Plan, Role};
+use crate::variant::Act;
 
 /// Workspaces larger than this (elements) are freed after the call, not kept.
 const KEEP_WORKSPACE: usize = 64 << 20;
@@ -44,25 +45,9 @@ impl Workspaces {
     }
 }
 
-/// Elements of the scratch space the CPU needs beside the plan's buffers
-/// (the scan's per-direction deltas).
-fn scratch_len(op: &Op) -> usize {
-    match *op {
-        Op::CrossScan {
-            b,
-            h,
-            w,
-            di,
-            ref paths,
-            ..
-        } => paths.len() * b * h * w * di,
-        _ => 0,
-    }
-}
-
-/// Elements one run of `plan` takes from a workspace.
+/// Elements one run of `plan` takes from a workspace: its arenas, nothing else.
 pub(crate) fn workspace_len(plan: &Plan) -> usize {
-    plan.arena[0] + plan.arena[1] + plan.ops.iter().map(scratch_len).max().unwrap_or(0)
+    plan.arena[0] + plan.arena[1]
 }
 
 /// The plan's buffers as slices over the input, the outputs and the arena.
@@ -88,8 +73,19 @@ impl Buffers {
     }
 }
 
+/// Seconds spent per kind of op ([`Op::kind`]; an activation the GEMM applies
+/// counts as part of its linear op).
+pub type OpTimes = std::collections::BTreeMap<&'static str, f64>;
+
 /// Run `plan` on `input` (its NCHW batch); returns the outputs in plan order.
-pub(crate) fn run(plan: &Plan, ps: &Params, input: &[f32], pool: &Workspaces) -> Vec<Vec<f32>> {
+/// With `times`, each op is timed into it.
+pub(crate) fn run(
+    plan: &Plan,
+    ps: &Params,
+    input: &[f32],
+    pool: &Workspaces,
+    mut times: Option<&mut OpTimes>,
+) -> Vec<Vec<f32>> {
     assert_eq!(input.len(), plan.buffers[0].len, "input length");
     let mut outputs: Vec<Vec<f32>> = plan
         .output_ids()
@@ -97,7 +93,7 @@ pub(crate) fn run(plan: &Plan, ps: &Params, input: &[f32], pool: &Workspaces) ->
         .map(|&i| vec![0.0; plan.buffers[i].len])
         .collect();
     let mut ws = pool.take(workspace_len(plan));
-    let (arena, scratch) = ws.split_at_mut(plan.arena[0] + plan.arena[1]);
+    let arena = &mut ws[..];
     let mut outs = outputs.iter_mut();
     let at = plan
         .buffers
@@ -119,8 +115,17 @@ pub(crate) fn run(plan: &Plan, ps: &Params, input: &[f32], pool: &Workspaces) ->
         })
         .collect();
     let bufs = Buffers { at };
-    for op in &plan.ops {
-        step(op, ps, &bufs, scratch);
+    let mut ops = plan.ops.iter().peekable();
+    while let Some(op) = ops.next() {
+        let start = times.as_ref().map(|_| std::time::Instant::now());
+        let then = fused_act(op, ops.peek().copied());
+        if then.is_some() {
+            ops.next();
+        }
+        step(op, then.unwrap_or(Act::None), ps, &bufs);
+        if let (Some(times), Some(start)) = (times.as_deref_mut(), start) {
+            *times.entry(op.kind()).or_default() += start.elapsed().as_secs_f64();
+        }
     }
     pool.give(ws);
     outputs
@@ -140,12 +145,30 @@ pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
         .iter_mut()
         .map(|b| (b.as_mut_ptr(), b.len()))
         .collect();
-    let mut scratch = vec![0.0; scratch_len(op)];
-    step(op, ps, &Buffers { at }, &mut scratch);
+    step(op, Act::None, ps, &Buffers { at });
     Ok(())
 }
 
-fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
+/// The activation of an `Act` op that applies to all of what the linear op before
+/// it wrote: the GEMM applies it to each tile instead (no pass of its own).
+fn fused_act(op: &Op, next: Option<&Op>) -> Option<Act> {
+    match (op, next) {
+        (
+            &Op::Linear {
+                dst,
+                rows,
+                out,
+                accumulate: false,
+                ..
+            },
+            Some(&Op::Act { buf, len, act }),
+        ) if buf == dst && len == rows * out => Some(act),
+        _ => None,
+    }
+}
+
+/// Run one op; `then` is an activation fused into it (linear ops only).
+fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
     let (get, put) = (|i| bufs.get(i), |i| bufs.get_mut(i));
     match *op {
         Op::ToChannelsLast {
@@ -186,17 +209,14 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             bias,
             accumulate,
         } => {
-            let y = put(dst);
-            matmul::matmul_nt(
-                Mat::new(get(src), rows, inp),
-                Mat::new(ps.data(weight), out, inp),
-                y,
-                out,
-                accumulate,
-            );
-            if let Some(bias) = bias {
-                matmul::add_bias(y, out, ps.data(bias));
-            }
+            let w = ps.packed(weight);
+            assert_eq!(w.shape(), (out, inp), "linear weight shape");
+            let x = &get(src)[..rows * inp];
+            let ep = Epilogue {
+                bias: bias.map(|b| ps.data(b)),
+                act: then,
+            };
+            w.apply(x, rows, ep, put(dst), accumulate);
         }
         Op::Act { buf, len, act } => act::act_inplace(&mut put(buf)[..len], act),
         Op::AddParam { buf, b, len, param } => {
@@ -295,16 +315,6 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
             a,
             d,
         } => {
-            let (rows, k) = (b * h * w, paths.len());
-            let xs = k * (r + 2 * n);
-            let xdbl = get(xdbl);
-            // delta_in[k] = dt_k @ dt_projs_weight[k]^T: (K, rows, Di)
-            let delta = &mut scratch[..k * rows * di];
-            for (kk, out) in delta.chunks_mut(rows * di).enumerate() {
-                let dt = Mat::strided(&xdbl[kk * (r + 2 * n)..], rows, r, xs);
-                let wk = Mat::new(&ps.data(dt_weight)[kk * di * r..(kk + 1) * di * r], di, r);
-                matmul::matmul_nt(dt, wk, out, di, false);
-            }
             let y = put(dst);
             y.fill(0.0); // the scan adds the directions into y
             let s = scan::CrossScan {
@@ -316,8 +326,8 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers, scratch: &mut [f32]) {
                 n,
                 r,
                 u: get(u),
-                delta,
-                xdbl,
+                xdbl: get(xdbl),
+                dt_weight: ps.data(dt_weight),
                 a: ps.data(a),
                 d: ps.data(d),
                 bias: ps.data(dt_bias),

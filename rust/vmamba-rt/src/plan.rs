@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::gemm::{PackedWeight, WeightType};
 use crate::variant::{Act, ScanPath};
 use crate::weights::Param;
 
@@ -241,6 +242,27 @@ impl Op {
         }
     }
 
+    /// The op's name in a plan's JSON ("linear", "cross_scan", ...).
+    pub fn kind(&self) -> &'static str {
+        use Op::*;
+        match self {
+            ToChannelsLast { .. } => "to_channels_last",
+            Im2col { .. } => "im2col",
+            Linear { .. } => "linear",
+            Act { .. } => "act",
+            AddParam { .. } => "add_param",
+            LayerNorm { .. } => "layer_norm",
+            Pointwise { .. } => "pointwise",
+            DwConvAct { .. } => "dw_conv_act",
+            CrossScan { .. } => "cross_scan",
+            SpatialSoftmax { .. } => "spatial_softmax",
+            TransposeHw { .. } => "transpose_hw",
+            PatchMerge { .. } => "patch_merge",
+            MeanPool { .. } => "mean_pool",
+            ToChannelsFirst { .. } => "to_channels_first",
+        }
+    }
+
     /// The buffer the op writes.
     pub fn written(&self) -> BufId {
         use Op::*;
@@ -413,43 +435,110 @@ impl Builder {
 
 /// The model's parameters, by id, each in the layout its op reads (conv weights
 /// as (Cout, k*k*Cin) in im2col order, depthwise weights tap-major (k*k, C),
-/// `A = -exp(A_logs)`), under the checkpoint name it came from.
+/// `A = -exp(A_logs)`, the weights of linear ops packed for the CPU's GEMM),
+/// under the checkpoint name it came from. Every parameter is a copy: nothing
+/// refers to the weights file once the model is built.
 #[derive(Debug, Default)]
 pub struct Params {
     names: Vec<String>,
     dtypes: Vec<DType>,
-    data: Vec<Param>,
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Dense(Param),
+    /// A linear op's weight (N, K), packed (`kernels::gemm`); `shape` is the
+    /// tensor's own (its rows may be split over leading dimensions).
+    Packed {
+        shape: Vec<usize>,
+        w: PackedWeight,
+    },
 }
 
 impl Params {
     /// Register a parameter.
     pub fn add(&mut self, name: &str, param: Param, dtype: DType) -> ParamId {
-        self.names.push(name.to_string());
-        self.dtypes.push(dtype);
-        self.data.push(param);
-        self.data.len() - 1
+        self.push(name, dtype, Slot::Dense(param.into_owned()))
     }
 
-    /// The parameter's elements.
+    /// Register the weight of a linear op, read as (n, k): packed for the GEMM
+    /// (in the tensor's own buffer when nothing else holds it).
+    pub fn add_linear(&mut self, name: &str, param: Param, n: usize, k: usize) -> ParamId {
+        let shape = param.shape().to_vec();
+        let w = PackedWeight::from_vec(param.into_vec(), n, k);
+        self.push(name, DType::Act, Slot::Packed { shape, w })
+    }
+
+    fn push(&mut self, name: &str, dtype: DType, slot: Slot) -> ParamId {
+        self.names.push(name.to_string());
+        self.dtypes.push(dtype);
+        self.slots.push(slot);
+        self.slots.len() - 1
+    }
+
+    /// The elements of a parameter that is not a linear weight.
+    ///
+    /// # Panics
+    /// If `id` is a linear weight (read those with [`Params::packed`] or [`Params::dense`]).
     pub fn data(&self, id: ParamId) -> &[f32] {
-        self.data[id].data()
+        match &self.slots[id] {
+            Slot::Dense(p) => p.data(),
+            Slot::Packed { .. } => panic!("parameter {} is packed for the GEMM", self.names[id]),
+        }
+    }
+
+    /// A linear op's packed weight.
+    ///
+    /// # Panics
+    /// If `id` is not one.
+    pub fn packed(&self, id: ParamId) -> &PackedWeight {
+        match &self.slots[id] {
+            Slot::Packed { w, .. } => w,
+            Slot::Dense(_) => panic!("parameter {} is not a linear weight", self.names[id]),
+        }
+    }
+
+    /// Any parameter's elements in its own shape, row-major (linear weights unpacked:
+    /// for other engines, which lay them out their own way).
+    pub fn dense(&self, id: ParamId) -> std::borrow::Cow<'_, [f32]> {
+        match &self.slots[id] {
+            Slot::Dense(p) => p.data().into(),
+            Slot::Packed { w, .. } => w.unpack().into(),
+        }
+    }
+
+    /// How the linear weights are stored: re-rounds them to bf16, or widens
+    /// them back to f32 (which does not restore what bf16 dropped).
+    pub fn set_weight_type(&mut self, to: WeightType) {
+        for slot in &mut self.slots {
+            if let Slot::Packed { w, .. } = slot {
+                *w = w.to_type(to);
+            }
+        }
     }
 
     /// (name, dtype, shape) of every parameter, by id.
     pub fn table(&self) -> Vec<(&str, DType, &[usize])> {
         (0..self.names.len())
-            .map(|i| (self.names[i].as_str(), self.dtypes[i], self.data[i].shape()))
+            .map(|i| {
+                let shape = match &self.slots[i] {
+                    Slot::Dense(p) => p.shape(),
+                    Slot::Packed { shape, .. } => shape,
+                };
+                (self.names[i].as_str(), self.dtypes[i], shape)
+            })
             .collect()
     }
 
     /// Number of parameters.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.slots.len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.slots.is_empty()
     }
 }
 

@@ -92,6 +92,22 @@ impl Param {
         }
     }
 
+    /// The same tensor, owning its elements (no longer holding the file's bytes).
+    pub fn into_owned(self) -> Self {
+        match self.data {
+            ParamData::Owned(_) => self,
+            ParamData::InFile { .. } => Param::owned(self.data().to_vec(), self.shape),
+        }
+    }
+
+    /// The elements as a vector of their own: this tensor's, when nothing else holds it.
+    pub fn into_vec(self) -> Vec<f32> {
+        match self.data {
+            ParamData::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|v| v.to_vec()),
+            ParamData::InFile { .. } => self.data().to_vec(),
+        }
+    }
+
     /// True when the tensor is read in place from the file's bytes (no copy).
     pub fn is_in_file(&self) -> bool {
         matches!(self.data, ParamData::InFile { .. })
@@ -137,9 +153,10 @@ impl Weights {
 
     /// Memory-map a safetensors file: no copy, and pages are read only when used.
     ///
-    /// The model then reads the file for as long as it lives. Whoever changes the
-    /// file meanwhile changes the model's outputs, and truncating it makes the
-    /// next forward pass die with SIGBUS: use this only for files nobody rewrites.
+    /// Tensors read from it borrow the map. Whoever changes the file meanwhile
+    /// changes them, and truncating it makes the next read die with SIGBUS: use
+    /// this only for files nobody rewrites. (A model copies what it keeps, so
+    /// the risk ends when its load does.)
     pub fn open_mmap(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = open_regular(path)?;

@@ -1,11 +1,11 @@
 //! Convolutions on channel-last maps: im2col for the dense strided convolutions
-//! of the stem and downsampling (the product then goes through `matmul`), and a
+//! of the stem and downsampling (the product then goes through `gemm`), and a
 //! direct depthwise convolution for SS2D.
 
 use rayon::prelude::*;
 
-use super::act;
-use super::simd::dispatch;
+use super::simd::{dispatch_fma, Fma};
+use super::{act, math};
 use crate::variant::Act;
 
 /// Output size of a convolution along one axis.
@@ -75,7 +75,7 @@ pub fn conv_weight_to_cols(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<
 /// (>= C); wt: (k*k, C) tap-major; out: (W, C).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dwconv_act_row(
+fn dwconv_act_row<F: Fma>(
     x: &[f32],
     x_stride: usize,
     h: usize,
@@ -90,35 +90,54 @@ fn dwconv_act_row(
 ) {
     let pad = k / 2;
     for ox in 0..w {
-        let o = &mut out[ox * c..(ox + 1) * c];
-        match bias {
-            Some(bv) => o.copy_from_slice(bv),
-            None => o.fill(0.0),
-        }
-        for ky in 0..k {
-            let iy = y as isize + ky as isize - pad as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
+        // Channels in blocks of LANES, each summed over the k x k taps in
+        // registers and stored once.
+        for c0 in (0..c).step_by(LANES) {
+            let n = LANES.min(c - c0);
+            let mut acc = [0.0f32; LANES];
+            if let Some(bv) = bias {
+                acc[..n].copy_from_slice(&bv[c0..c0 + n]);
             }
-            for kx in 0..k {
-                let ix = ox as isize + kx as isize - pad as isize;
-                if ix < 0 || ix >= w as isize {
+            for ky in 0..k {
+                let iy = y as isize + ky as isize - pad as isize;
+                if iy < 0 || iy >= h as isize {
                     continue;
                 }
-                let src = &x[(iy as usize * w + ix as usize) * x_stride..][..c];
-                let tap = &wt[(ky * k + kx) * c..][..c];
-                for ((o, s), t) in o.iter_mut().zip(src).zip(tap) {
-                    *o += s * t;
+                for kx in 0..k {
+                    let ix = ox as isize + kx as isize - pad as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let src = &x[(iy as usize * w + ix as usize) * x_stride + c0..];
+                    let tap = &wt[(ky * k + kx) * c + c0..];
+                    if n == LANES {
+                        let (src, tap) = (&src[..LANES], &tap[..LANES]);
+                        for i in 0..LANES {
+                            acc[i] = F::fma(src[i], tap[i], acc[i]);
+                        }
+                    } else {
+                        for i in 0..n {
+                            acc[i] = F::fma(src[i], tap[i], acc[i]);
+                        }
+                    }
                 }
             }
+            out[ox * c + c0..][..n].copy_from_slice(&acc[..n]);
         }
-        for v in o.iter_mut() {
-            *v = act::apply(act, *v);
-        }
+    }
+    // One pass for the activation, its kind matched once (vector code per kind).
+    let row = &mut out[..w * c];
+    match act {
+        Act::None => {}
+        Act::Silu => row.iter_mut().for_each(|v| *v = math::silu(*v)),
+        _ => row.iter_mut().for_each(|v| *v = act::apply(act, *v)),
     }
 }
 
-dispatch!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y: usize, act: Act, out: &mut [f32]) => dwconv_act_row);
+/// Channels per register block of the depthwise convolution.
+const LANES: usize = 16;
+
+dispatch_fma!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y: usize, act: Act, out: &mut [f32]) => dwconv_act_row);
 
 /// Depthwise convolution + activation over a batch; see `dwconv_act_row` for layouts.
 #[allow(clippy::too_many_arguments)]
@@ -185,7 +204,13 @@ mod tests {
 
     #[test]
     fn dwconv_matches_reference() {
-        let (b, h, w, c, k) = (2, 5, 7, 11, 3);
+        for c in [11, 40] {
+            check_dwconv(c);
+        }
+    }
+
+    fn check_dwconv(c: usize) {
+        let (b, h, w, k) = (2, 5, 7, 3);
         let x = randn(b * h * w * c, 1);
         let wt_ref = randn(c * k * k, 2);
         let bias = randn(c, 3);

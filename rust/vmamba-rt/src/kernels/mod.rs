@@ -13,8 +13,8 @@
 pub mod act;
 pub mod conv;
 pub mod cross_scan;
+pub mod gemm;
 pub mod math;
-pub mod matmul;
 pub mod norm;
 pub mod scan;
 pub(crate) mod simd;

@@ -9,8 +9,8 @@
 
 use rayon::prelude::*;
 
-use super::math::{exp_core, softplus};
-use super::simd::dispatch;
+use super::math::{exp_core_with, softplus_with};
+use super::simd::{dispatch_fma, Fma};
 use super::SharedMut;
 use crate::variant::ScanPath;
 
@@ -76,10 +76,12 @@ pub struct CrossScan<'a> {
     pub r: usize,
     /// u: (B*L, Di), the conv output, pixel order.
     pub u: &'a [f32],
-    /// delta before bias and softplus: (K, B*L, Di).
-    pub delta: &'a [f32],
     /// Projections: (B*L, K, R+2N) holding dt, B, C for each direction.
     pub xdbl: &'a [f32],
+    /// The delta projection (dt_projs_weight): (K, Di, R). The scan computes
+    /// delta = dt W_k^T itself, at each step, instead of reading it from a
+    /// (K, B*L, Di) buffer that a GEMM of inner size R would have written.
+    pub dt_weight: &'a [f32],
     /// A = -exp(A_logs): (K*Di, N).
     pub a: &'a [f32],
     /// Skip weights D: (K*Di).
@@ -92,8 +94,8 @@ impl CrossScan<'_> {
     fn check(&self) {
         let (rows, k) = (self.batch * self.h * self.w, self.paths.len());
         assert_eq!(self.u.len(), rows * self.di, "u");
-        assert_eq!(self.delta.len(), k * rows * self.di, "delta");
         assert_eq!(self.xdbl.len(), rows * k * (self.r + 2 * self.n), "xdbl");
+        assert_eq!(self.dt_weight.len(), k * self.di * self.r, "dt_weight");
         assert_eq!(self.a.len(), k * self.di * self.n, "A");
         assert_eq!(self.d.len(), k * self.di, "D");
         assert_eq!(self.bias.len(), k * self.di, "bias");
@@ -145,29 +147,37 @@ fn load<const FULL: bool>(src: &[f32], nc: usize) -> [f32; LANES] {
     v
 }
 
-/// Per-block constants of one direction: A (N x lanes), D, dt bias.
+/// Per-block constants of one direction: the delta projection (R x lanes),
+/// A (N x lanes), D, dt bias.
 struct BlockConsts {
+    wdt: Vec<[f32; LANES]>,
     a: Vec<[f32; LANES]>,
     dskip: [f32; LANES],
     bias: [f32; LANES],
 }
 
 /// One step of the recurrence at one pixel for a block of channels; returns y.
-/// `h` is the state (N x lanes), `bc` the pixel's B (N) then C (N).
+/// `h` is the state (N x lanes), `proj` the pixel's dt (R), B (N) then C (N).
 #[inline(always)]
-fn step(
+fn step<F: Fma>(
     u: &[f32; LANES],
-    dr: &[f32; LANES],
-    bc: &[f32],
+    proj: &[f32],
     c: &BlockConsts,
     h: &mut [[f32; LANES]],
 ) -> [f32; LANES] {
-    let n = h.len();
+    let (n, r) = (h.len(), c.wdt.len());
+    let (dtr, bc) = proj.split_at(r);
+    let mut dr = [0.0f32; LANES];
+    for (&x, w) in dtr.iter().zip(&c.wdt) {
+        for i in 0..LANES {
+            dr[i] = F::fma(x, w[i], dr[i]);
+        }
+    }
     let mut dt = [0.0f32; LANES];
     let mut du = [0.0f32; LANES];
     let mut acc = [0.0f32; LANES];
     for i in 0..LANES {
-        dt[i] = softplus(dr[i] + c.bias[i]);
+        dt[i] = softplus_with::<F>(dr[i] + c.bias[i]);
         du[i] = dt[i] * u[i];
         acc[i] = c.dskip[i] * u[i];
     }
@@ -176,8 +186,8 @@ fn step(
         let (hs, a) = (&mut h[st], &c.a[st]);
         for i in 0..LANES {
             // dt >= 0 and A < 0: the argument is never positive.
-            hs[i] = exp_core(dt[i] * a[i]) * hs[i] + du[i] * bv;
-            acc[i] += hs[i] * cv;
+            hs[i] = F::fma(exp_core_with::<F>(dt[i] * a[i]), hs[i], du[i] * bv);
+            acc[i] = F::fma(hs[i], cv, acc[i]);
         }
     }
     acc
@@ -185,7 +195,7 @@ fn step(
 
 /// One image, one block of channels `d0..d0+nc`, one direction. The hot loop.
 #[inline(always)]
-fn scan_block<const FULL: bool>(
+fn scan_block<F: Fma, const FULL: bool>(
     s: &CrossScan,
     img: usize,
     d0: usize,
@@ -197,6 +207,7 @@ fn scan_block<const FULL: bool>(
     let xs = s.paths.len() * (s.r + 2 * s.n);
     let ch0 = k * di + d0;
     let mut consts = BlockConsts {
+        wdt: vec![[0.0f32; LANES]; s.r],
         a: vec![[0.0f32; LANES]; n],
         dskip: load::<FULL>(&s.d[ch0..], nc),
         bias: load::<FULL>(&s.bias[ch0..], nc),
@@ -205,19 +216,20 @@ fn scan_block<const FULL: bool>(
         for st in 0..n {
             consts.a[st][i] = s.a[(ch0 + i) * n + st];
         }
+        for j in 0..s.r {
+            consts.wdt[j][i] = s.dt_weight[(ch0 + i) * s.r + j];
+        }
     }
     let mut h = vec![[0.0f32; LANES]; n];
     let u_img = &s.u[img * hw * di + d0..];
-    let delta = &s.delta[(k * s.batch + img) * hw * di + d0..];
-    let bc_img = &s.xdbl[img * hw * xs + k * (s.r + 2 * n) + s.r..];
+    let proj_img = &s.xdbl[img * hw * xs + k * (s.r + 2 * n)..];
     let walk = Walk::new(s.paths[k], s.h, s.w);
     for line in 0..walk.lines {
         let mut p = walk.start + line as isize * walk.line_step;
         for _ in 0..walk.len {
             let pu = p as usize;
             let u = load::<FULL>(&u_img[pu * di..], nc);
-            let dr = load::<FULL>(&delta[pu * di..], nc);
-            let acc = step(&u, &dr, &bc_img[pu * xs..][..2 * n], &consts, &mut h);
+            let acc = step::<F>(&u, &proj_img[pu * xs..][..s.r + 2 * n], &consts, &mut h);
             let pw = if walk.mirror { hw - 1 - pu } else { pu };
             // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
             // caller), and the index is inside y because pw < H*W.
@@ -233,18 +245,18 @@ fn scan_block<const FULL: bool>(
 }
 
 #[inline(always)]
-fn scan_task(s: &CrossScan, img: usize, d0: usize, y: SharedMut) {
+fn scan_task<F: Fma>(s: &CrossScan, img: usize, d0: usize, y: SharedMut) {
     let nc = (s.di - d0).min(LANES);
     for k in 0..s.paths.len() {
         if nc == LANES {
-            scan_block::<true>(s, img, d0, nc, k, y);
+            scan_block::<F, true>(s, img, d0, nc, k, y);
         } else {
-            scan_block::<false>(s, img, d0, nc, k, y);
+            scan_block::<F, false>(s, img, d0, nc, k, y);
         }
     }
 }
 
-dispatch!(fn scan_task_dispatch(s: &CrossScan, img: usize, d0: usize, y: SharedMut) => scan_task);
+dispatch_fma!(fn scan_task_dispatch(s: &CrossScan, img: usize, d0: usize, y: SharedMut) => scan_task);
 
 /// Multi-direction selective scan with its merge: adds every direction's output
 /// into `y` (B*L, Di), which the caller zeroes first.
@@ -278,10 +290,12 @@ pub fn cross_selective_scan_ref(s: &CrossScan) -> Vec<f32> {
         for (kk, path) in s.paths.iter().enumerate() {
             for t in 0..hw {
                 let p = path.position(t, s.h, s.w);
+                let dt = &s.xdbl[(rows + p) * xs + kk * (r + 2 * n)..][..r];
                 for ch in 0..di {
                     us[(kk * di + ch) * hw + t] = s.u[(rows + p) * di + ch];
-                    delta[(kk * di + ch) * hw + t] =
-                        s.delta[(kk * s.batch * hw + rows + p) * di + ch];
+                    let w = &s.dt_weight[(kk * di + ch) * r..][..r];
+                    let proj: f64 = dt.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    delta[(kk * di + ch) * hw + t] = proj as f32;
                 }
                 let base = (rows + p) * xs + kk * (r + 2 * n) + r;
                 for st in 0..n {
@@ -330,7 +344,7 @@ mod tests {
     ) {
         let (rows, k) = (batch * h * w, paths.len());
         let u = randn(rows * di, 1);
-        let delta: Vec<f32> = randn(k * rows * di, 2).iter().map(|v| v - 1.0).collect();
+        let dt_weight: Vec<f32> = randn(k * di * r, 2).iter().map(|v| v * 0.5).collect();
         let xdbl = randn(rows * k * (r + 2 * n), 3);
         let a: Vec<f32> = randn(k * di * n, 4).iter().map(|v| -v.exp()).collect();
         let d = randn(k * di, 5);
@@ -344,8 +358,8 @@ mod tests {
             n,
             r,
             u: &u,
-            delta: &delta,
             xdbl: &xdbl,
+            dt_weight: &dt_weight,
             a: &a,
             d: &d,
             bias: &bias,

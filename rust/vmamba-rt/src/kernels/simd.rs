@@ -34,6 +34,63 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// Like `dispatch!`, for a body generic over [`Fma`]: the AVX copies (and
+/// aarch64, whose baseline has it) fuse multiply-adds, baseline x86-64 does not.
+macro_rules! dispatch_fma {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            use $crate::kernels::simd::{Fused, Separate};
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body::<Fused>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body::<Fused>($($arg),*)
+                }
+                if $crate::kernels::simd::has_avx512() {
+                    // SAFETY: the CPU supports AVX-512F/VL, AVX2 and FMA (checked above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if $crate::kernels::simd::has_avx2() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                    return unsafe { avx2($($arg),*) };
+                }
+                $body::<Separate>($($arg),*)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            $body::<Fused>($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch_fma;
+
+/// Multiply-add, `a * b + c`, fused where the instruction set has it.
+pub(crate) trait Fma {
+    fn fma(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding: x86 with FMA, and aarch64.
+pub(crate) struct Fused;
+impl Fma for Fused {
+    #[inline(always)]
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Two roundings: baseline x86-64 has no FMA instruction (`mul_add` would call libm).
+pub(crate) struct Separate;
+impl Fma for Separate {
+    #[inline(always)]
+    fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
 /// True when the running CPU has AVX-512F/VL besides AVX2 and FMA (cached by std).
 #[cfg(target_arch = "x86_64")]
 #[inline]

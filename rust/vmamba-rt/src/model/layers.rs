@@ -72,7 +72,7 @@ impl Linear {
         bias: bool,
     ) -> Result<Self> {
         let name = format!("{prefix}.weight");
-        let w = ps.add(&name, ws.get(&name, &[out, inp])?, DType::Act);
+        let w = ps.add_linear(&name, ws.get(&name, &[out, inp])?, out, inp);
         Self::with_weight(ws, ps, prefix, w, out, inp, bias)
     }
 
@@ -215,10 +215,11 @@ impl Conv2d {
         let name = format!("{prefix}.weight");
         let w = ws.get(&name, &[cout, cin, k, k])?;
         let cols = conv::conv_weight_to_cols(w.data(), cout, cin, k);
-        let w = ps.add(
+        let w = ps.add_linear(
             &name,
             Param::owned(cols, vec![cout, k * k * cin]),
-            DType::Act,
+            cout,
+            k * k * cin,
         );
         Ok(Conv2d {
             lin: Linear::with_weight(ws, ps, prefix, w, cout, k * k * cin, true)?,

@@ -82,8 +82,9 @@ impl VMamba {
         Self::from_file(path, Weights::open(path)?)
     }
 
-    /// Like [`VMamba::load`], but the weights stay memory-mapped: no copy, and the
-    /// file must not change while the model lives (see [`Weights::open_mmap`]).
+    /// Like [`VMamba::load`], but the file is memory-mapped while the model copies
+    /// its weights out (instead of reading it into a buffer); it must not be
+    /// truncated meanwhile (see [`Weights::open_mmap`]). The model keeps no map.
     pub fn load_mmap(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         Self::from_file(path, Weights::open_mmap(path)?)
@@ -272,6 +273,24 @@ impl VMamba {
         &self.params
     }
 
+    /// Store the linear layers' weights as f32 (the default) or bf16: half the
+    /// memory, rounded to 8 bits of mantissa; products still sum in f32 over f32
+    /// activations. Going back to f32 keeps the bf16 values.
+    ///
+    /// ```
+    /// use vmamba_rt::kernels::gemm::WeightType;
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
+    /// let mut model = vmamba_rt::VMamba::load(path)?;
+    /// let fp32 = model.forward(&vec![0.5; 3 * 64 * 64], [1, 3, 64, 64])?;
+    /// model.set_weight_type(WeightType::Bf16);
+    /// let bf16 = model.forward(&vec![0.5; 3 * 64 * 64], [1, 3, 64, 64])?;
+    /// assert!(fp32.iter().zip(&bf16).all(|(a, b)| (a - b).abs() < 0.1));
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
+    pub fn set_weight_type(&mut self, to: crate::kernels::gemm::WeightType) {
+        self.params.set_weight_type(to);
+    }
+
     /// The network, top to bottom, as ops into a new plan (shape already checked).
     fn emit(&self, [b, c, h, w]: [usize; 4], outputs: Outputs) -> Plan {
         let mut builder = Builder::new([b, c, h, w]);
@@ -360,7 +379,7 @@ impl VMamba {
         let per_image = self.run(|| {
             self.per_image(x, shape, |x, shape| {
                 let plan = self.emit(shape, outputs);
-                crate::exec::run(&plan, &self.params, x, &self.workspaces)
+                crate::exec::run(&plan, &self.params, x, &self.workspaces, None)
             })
         });
         let mut parts = per_image.into_iter();
@@ -369,6 +388,22 @@ impl VMamba {
             out.iter_mut().zip(img).for_each(|(acc, v)| acc.extend(v));
         }
         Ok(out)
+    }
+
+    /// Where the time of one forward pass goes: seconds per kind of op, the
+    /// whole batch as one plan on the model's threads (for benchmarks; timing
+    /// each op costs a little itself).
+    pub fn profile(&self, x: &[f32], shape: [usize; 4]) -> Result<crate::exec::OpTimes> {
+        let outputs = if self.head.is_some() {
+            Outputs::Logits
+        } else {
+            Outputs::Features
+        };
+        self.check_input(x, shape, outputs)?;
+        let plan = self.emit(shape, outputs);
+        let mut times = crate::exec::OpTimes::new();
+        self.run(|| crate::exec::run(&plan, &self.params, x, &self.workspaces, Some(&mut times)));
+        Ok(times)
     }
 
     /// Class logits for an NCHW batch: x (B, 3, H, W) -> (B, num_classes), row-major.

@@ -154,27 +154,28 @@ impl Ss2d {
         let mut scans = Vec::new();
         for (dirs, paths) in groups {
             let k = dirs.len();
-            // Directions `dirs` of a tensor whose first axis is the direction.
-            // Directions `dirs` of a tensor whose first axis is the direction: the
-            // tensor itself (no copy) when that is all four.
-            let mut part = |t: &Param, tail: &[usize], what: &str, dtype: DType| {
+            // Directions `dirs` of a tensor whose first axis is the direction, with
+            // its label: the tensor itself when that is all four.
+            let part = |t: &Param, tail: &[usize], what: &str| {
                 if k == 4 {
-                    return ps.add(&name(what), t.clone(), dtype);
+                    return (name(what), t.clone());
                 }
                 let per: usize = tail.iter().product();
                 let data = t.data()[dirs.start * per..dirs.end * per].to_vec();
                 let label = format!("{}[{}:{}]", name(what), dirs.start, dirs.end);
-                ps.add(&label, Param::owned(data, [&[k][..], tail].concat()), dtype)
+                (label, Param::owned(data, [&[k][..], tail].concat()))
             };
-            let x_proj = part(&x_w, &[r + 2 * n, di], "x_proj_weight", DType::Act);
-            let dt_w = part(&dt_w, &[di, r], "dt_projs_weight", DType::F32);
-            let dt_b = part(&dt_b, &[di], "dt_projs_bias", DType::F32);
+            let mut add = |(label, t): (String, Param), dtype| ps.add(&label, t, dtype);
+            let dt_w = add(part(&dt_w, &[di, r], "dt_projs_weight"), DType::F32);
+            let dt_b = add(part(&dt_b, &[di], "dt_projs_bias"), DType::F32);
             let a = Param::owned(
                 a_logs.data().iter().map(|v| -v.exp()).collect(),
                 vec![4, di, n],
             );
-            let a = part(&a, &[di, n], "A_logs", DType::F32);
-            let ds = part(&ds, &[di], "Ds", DType::F32);
+            let a = add(part(&a, &[di, n], "A_logs"), DType::F32);
+            let ds = add(part(&ds, &[di], "Ds"), DType::F32);
+            let (label, x_w) = part(&x_w, &[r + 2 * n, di], "x_proj_weight");
+            let x_proj = ps.add_linear(&label, x_w, k * (r + 2 * n), di);
             scans.push(Scan {
                 paths,
                 x_proj: Linear::from_weight(x_proj, k * (r + 2 * n), di),

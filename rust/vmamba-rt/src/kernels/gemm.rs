@@ -1,0 +1,816 @@
+//! The dense layers' product `out (+)= act(x Wᵀ + bias)`, with W (N, K) packed once,
+//! at load, into column panels: panel `p` holds columns `16p..16p+16` of Wᵀ as K
+//! rows of 16 values (zero past N), so the inner loop reads one contiguous
+//! stream of W and broadcasts one element of x per row. Panels hold f32 or
+//! bf16 (the top half of an f32: widened by a shift, accumulated in f32).
+//!
+//! Threads split the output into blocks of rows x panels (rayon, no packing of
+//! x, nothing allocated per call). The bias and activation are applied to each
+//! tile while it is in registers: no second pass over the output. The tile
+//! kernel is plain Rust over fixed-size arrays, compiled once per instruction
+//! set (AVX-512, AVX2+FMA, the portable baseline with NEON on aarch64) and
+//! chosen at run time; `gemm_ref` is the plain loop it is tested against.
+
+use rayon::prelude::*;
+
+use super::simd::{Fma, Fused, Separate};
+use super::{act, SharedMut};
+use crate::variant::Act;
+
+/// Columns per panel: one 512-bit vector, two 256-bit ones, four NEON ones.
+pub const NR: usize = 16;
+
+/// How a packed weight stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightType {
+    /// IEEE single precision.
+    F32,
+    /// bfloat16: f32 rounded to 8 bits of mantissa (to nearest, ties to even).
+    Bf16,
+}
+
+impl WeightType {
+    /// By NumPy-style name: "float32" or "bfloat16".
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "float32" => Some(WeightType::F32),
+            "bfloat16" => Some(WeightType::Bf16),
+            _ => None,
+        }
+    }
+}
+
+/// A bfloat16 value: the upper 16 bits of an f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Bf16 {
+    /// Round to nearest, ties to even; NaN stays NaN.
+    pub fn from_f32(x: f32) -> Self {
+        let bits = x.to_bits();
+        if x.is_nan() {
+            return Bf16((bits >> 16) as u16 | 0x40);
+        }
+        let round = 0x7fff + ((bits >> 16) & 1);
+        Bf16((bits.wrapping_add(round) >> 16) as u16)
+    }
+
+    /// The f32 it stands for (exact).
+    #[inline(always)]
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+/// An element of a panel, widened to f32 16 at a time.
+pub trait PanelElem: Copy + Send + Sync + Default {
+    /// Stored from an f32 (rounded where the type is narrower).
+    fn from_f32(x: f32) -> Self;
+    /// Widened to f32.
+    fn to_f32(self) -> f32;
+    /// The 16 values at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading 16 elements.
+    #[inline(always)]
+    unsafe fn load(p: *const Self) -> [f32; NR] {
+        let mut v = [0.0; NR];
+        for (j, o) in v.iter_mut().enumerate() {
+            *o = (*p.add(j)).to_f32();
+        }
+        v
+    }
+}
+
+impl PanelElem for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl PanelElem for Bf16 {
+    fn from_f32(x: f32) -> Self {
+        Bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        Bf16::to_f32(self)
+    }
+}
+
+/// Elements of the panels of an (n, k) weight.
+pub fn packed_len(n: usize, k: usize) -> usize {
+    n.div_ceil(NR) * NR * k
+}
+
+/// Pack W (n, k) row-major, whose rows are `stride` apart, into `panels`
+/// (`packed_len(n, k)` elements).
+pub fn pack_into<E: PanelElem>(w: &[f32], n: usize, k: usize, stride: usize, panels: &mut [E]) {
+    assert!(
+        n == 0 || k == 0 || (n - 1) * stride + k <= w.len(),
+        "pack: weight too small"
+    );
+    let panels = &mut panels[..packed_len(n, k)];
+    for (p, panel) in panels.chunks_mut(NR * k.max(1)).enumerate() {
+        for (kk, row) in panel.chunks_mut(NR).enumerate().take(k) {
+            for (j, o) in row.iter_mut().enumerate() {
+                let col = p * NR + j;
+                *o = if col < n {
+                    E::from_f32(w[col * stride + kk])
+                } else {
+                    E::default()
+                };
+            }
+        }
+    }
+}
+
+/// A weight W (N, K) in panels, f32 or bf16.
+#[derive(Clone)]
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    panels: Panels,
+}
+
+#[derive(Clone)]
+enum Panels {
+    F32(Vec<f32>),
+    Bf16(Vec<Bf16>),
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight({}x{}, {:?})", self.n, self.k, self.dtype())
+    }
+}
+
+impl PackedWeight {
+    /// Pack W (n, k), row-major.
+    pub fn new(w: &[f32], n: usize, k: usize, dtype: WeightType) -> Self {
+        assert_eq!(w.len(), n * k, "pack: weight is not {n}x{k}");
+        let len = packed_len(n, k);
+        let panels = match dtype {
+            WeightType::F32 => {
+                let mut p = vec![0.0; len];
+                pack_into(w, n, k, k, &mut p);
+                Panels::F32(p)
+            }
+            WeightType::Bf16 => {
+                let mut p = vec![Bf16::default(); len];
+                pack_into(w, n, k, k, &mut p);
+                Panels::Bf16(p)
+            }
+        };
+        PackedWeight { n, k, panels }
+    }
+
+    /// Pack W (n, k), row-major, in its own buffer (f32): a panel is 16
+    /// consecutive rows of W transposed, so each is re-laid in place through a
+    /// copy of that panel alone, and no second copy of W is ever made.
+    pub fn from_vec(mut w: Vec<f32>, n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "pack: weight is not {n}x{k}");
+        w.resize(packed_len(n, k), 0.0); // the last panel's missing rows are zeros
+        let mut rows = vec![0.0f32; NR * k]; // one panel, as rows of W
+        for panel in w.chunks_mut(NR * k.max(1)) {
+            rows.copy_from_slice(panel);
+            for (kk, out) in panel.chunks_mut(NR).enumerate() {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = rows[j * k + kk];
+                }
+            }
+        }
+        PackedWeight {
+            n,
+            k,
+            panels: Panels::F32(w),
+        }
+    }
+
+    /// (N, K).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// How the values are stored.
+    pub fn dtype(&self) -> WeightType {
+        match self.panels {
+            Panels::F32(_) => WeightType::F32,
+            Panels::Bf16(_) => WeightType::Bf16,
+        }
+    }
+
+    /// The same weight stored as `to` (the panels' layout does not depend on it).
+    pub fn to_type(&self, to: WeightType) -> Self {
+        let panels = match (&self.panels, to) {
+            (Panels::F32(p), WeightType::Bf16) => {
+                Panels::Bf16(p.iter().map(|&v| Bf16::from_f32(v)).collect())
+            }
+            (Panels::Bf16(p), WeightType::F32) => {
+                Panels::F32(p.iter().map(|v| v.to_f32()).collect())
+            }
+            (same, _) => same.clone(),
+        };
+        PackedWeight { panels, ..*self }
+    }
+
+    /// W back as (N, K) row-major f32 (bf16 values widened).
+    pub fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let at = |i: usize| match &self.panels {
+            Panels::F32(p) => p[i],
+            Panels::Bf16(p) => p[i].to_f32(),
+        };
+        let mut w = vec![0.0; n * k];
+        for col in 0..n {
+            for kk in 0..k {
+                w[col * k + kk] = at((col / NR) * NR * k + kk * NR + col % NR);
+            }
+        }
+        w
+    }
+
+    /// `out (m, N) (+)= act(x (m, K) Wᵀ + bias)`, on the current rayon pool.
+    pub fn apply(&self, x: &[f32], m: usize, ep: Epilogue, out: &mut [f32], accumulate: bool) {
+        let a = Lhs {
+            data: x,
+            rows: m,
+            stride: self.k,
+        };
+        let o = Out {
+            data: out,
+            stride: self.n,
+            accumulate,
+        };
+        match &self.panels {
+            Panels::F32(p) => gemm(a, p, self.n, self.k, ep, o),
+            Panels::Bf16(p) => gemm(a, p, self.n, self.k, ep, o),
+        }
+    }
+}
+
+/// The left operand: `rows` rows of `stride` elements (the first K used).
+#[derive(Clone, Copy, Debug)]
+pub struct Lhs<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Rows (M).
+    pub rows: usize,
+    /// Elements from one row to the next.
+    pub stride: usize,
+}
+
+/// The destination: rows of `stride` elements (the first N written), overwritten
+/// or, with `accumulate`, added to.
+#[derive(Debug)]
+pub struct Out<'a> {
+    /// The elements.
+    pub data: &'a mut [f32],
+    /// Elements from one row to the next.
+    pub stride: usize,
+    /// Add to what `data` holds instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// What is applied to each product before it is stored: `act(product + bias)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Added per column (N).
+    pub bias: Option<&'a [f32]>,
+    /// Applied after the bias.
+    pub act: Act,
+}
+
+impl Epilogue<'_> {
+    /// Nothing: the product itself.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        act: Act::None,
+    };
+}
+
+/// `out (+)= act(a Wᵀ + bias)`, W given as the panels of an (n, k) weight.
+pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue, out: Out) {
+    let m = a.rows;
+    assert!(
+        m == 0 || (m - 1) * a.stride + k <= a.data.len(),
+        "gemm: lhs too small"
+    );
+    assert!(
+        k <= a.stride && n <= out.stride,
+        "gemm: strides narrower than rows"
+    );
+    assert!(panels.len() >= packed_len(n, k), "gemm: panels too small");
+    assert!(
+        m == 0 || (m - 1) * out.stride + n <= out.data.len(),
+        "gemm: output too small"
+    );
+    assert!(ep.bias.is_none_or(|b| b.len() >= n), "gemm: bias too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let blocks = Blocks::new(m, n, k, rayon::current_num_threads());
+    let dst = SharedMut(out.data.as_mut_ptr());
+    let task = |t: usize| {
+        let (rows, cols) = blocks.task(t);
+        // SAFETY: operands were checked above; tasks write disjoint blocks of `out`.
+        unsafe {
+            block(
+                a.data.as_ptr(),
+                a.stride,
+                rows,
+                panels.as_ptr(),
+                k,
+                cols,
+                n,
+                ep,
+                dst,
+                out.stride,
+                out.accumulate,
+            )
+        }
+    };
+    if blocks.count() == 1 {
+        task(0);
+    } else {
+        (0..blocks.count()).into_par_iter().for_each(task);
+    }
+}
+
+/// The split of the output into tasks: row blocks small enough that a block of
+/// x stays in the L2 cache while every panel passes over it, and panel groups
+/// that give each thread a few tasks.
+struct Blocks {
+    m: usize,
+    panels: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl Blocks {
+    /// Bytes of x one task keeps in cache.
+    const X_BYTES: usize = 256 << 10;
+
+    /// Row blocks are a multiple of every tile height (12, 6, 4): no tile
+    /// inside a block computes rows it does not store.
+    const ROW_STEP: usize = 12;
+
+    fn new(m: usize, n: usize, k: usize, threads: usize) -> Self {
+        let panels = n.div_ceil(NR);
+        let fit = (Self::X_BYTES / (4 * k.max(1))).clamp(24, 1024);
+        let mut rows = (fit / Self::ROW_STEP * Self::ROW_STEP).min(m);
+        let mut cols = panels;
+        if threads > 1 {
+            // At least four tasks per thread where the shape allows it.
+            let want = 4 * threads;
+            let row_blocks = m.div_ceil(rows);
+            if row_blocks < want {
+                let col_blocks = want.div_ceil(row_blocks).min(panels);
+                cols = panels.div_ceil(col_blocks);
+                let row_blocks = want.div_ceil(panels.div_ceil(cols));
+                rows = rows.min(m.div_ceil(row_blocks).next_multiple_of(Self::ROW_STEP));
+            }
+        }
+        Blocks {
+            m,
+            panels,
+            rows,
+            cols,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.m.div_ceil(self.rows) * self.panels.div_ceil(self.cols)
+    }
+
+    /// (rows, panels) of task `t`.
+    fn task(&self, t: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let per_row = self.panels.div_ceil(self.cols);
+        let (r, c) = (t / per_row, t % per_row);
+        let rows = r * self.rows..((r + 1) * self.rows).min(self.m);
+        let cols = c * self.cols..((c + 1) * self.cols).min(self.panels);
+        (rows, cols)
+    }
+}
+
+/// One task: `rows` x panels `cols` of the output, through the best tile
+/// kernel the CPU runs.
+///
+/// # Safety
+/// The operands must hold what `gemm` checks; no other task writes these rows
+/// and panels of `out`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<E: PanelElem>(
+    a: *const f32,
+    lda: usize,
+    rows: std::ops::Range<usize>,
+    panels: *const E,
+    k: usize,
+    cols: std::ops::Range<usize>,
+    n: usize,
+    ep: Epilogue,
+    out: SharedMut,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let t = Task {
+        a,
+        lda,
+        rows,
+        panels,
+        k,
+        cols,
+        n,
+        ep,
+        out,
+        ldo,
+        accumulate,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::simd::{has_avx2, has_avx512};
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn avx512<E: PanelElem>(t: &Task<E>) {
+            t.run::<Fused, 12, 2>()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<E: PanelElem>(t: &Task<E>) {
+            t.run::<Fused, 6, 1>()
+        }
+        if has_avx512() {
+            return avx512(&t);
+        }
+        if has_avx2() {
+            return avx2(&t);
+        }
+        t.run::<Separate, 4, 1>()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    t.run::<Fused, 6, 1>()
+}
+
+/// The activations by the index `Task::run` gives each copy of the loops.
+const EPILOGUE_ACTS: [Act; 5] = [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
+
+struct Task<'a, E> {
+    a: *const f32,
+    lda: usize,
+    rows: std::ops::Range<usize>,
+    panels: *const E,
+    k: usize,
+    cols: std::ops::Range<usize>,
+    n: usize,
+    ep: Epilogue<'a>,
+    out: SharedMut,
+    ldo: usize,
+    accumulate: bool,
+}
+
+impl<E: PanelElem> Task<'_, E> {
+    /// One copy of the loops per activation, so that the epilogue's is a
+    /// constant (folded into vector code, not a branch per element).
+    #[inline(always)]
+    unsafe fn run<F: Fma, const MR: usize, const NP: usize>(&self) {
+        match self.ep.act {
+            Act::None => self.run_with::<F, MR, NP, 0>(),
+            Act::Silu => self.run_with::<F, MR, NP, 1>(),
+            Act::Gelu => self.run_with::<F, MR, NP, 2>(),
+            Act::Relu => self.run_with::<F, MR, NP, 3>(),
+            Act::Sigmoid => self.run_with::<F, MR, NP, 4>(),
+        }
+    }
+
+    /// Panels in steps of NP (then one at a time), rows in tiles of MR: the
+    /// panels of a step stay in L1 while the task's rows pass under them.
+    #[inline(always)]
+    unsafe fn run_with<F: Fma, const MR: usize, const NP: usize, const ACT: usize>(&self) {
+        let mut p = self.cols.start;
+        while p + NP <= self.cols.end {
+            self.column::<F, MR, NP, ACT>(p);
+            p += NP;
+        }
+        while p < self.cols.end {
+            self.column::<F, MR, 1, ACT>(p);
+            p += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn column<F: Fma, const MR: usize, const NP: usize, const ACT: usize>(&self, p: usize) {
+        let mut r = self.rows.start;
+        while r < self.rows.end {
+            let live = MR.min(self.rows.end - r);
+            let acc = tile::<E, F, MR, NP>(
+                self.a.add(r * self.lda),
+                self.lda,
+                live,
+                self.panels.add(p * NR * self.k),
+                self.k,
+            );
+            self.store::<MR, NP, ACT>(&acc, r, live, p);
+            r += MR;
+        }
+    }
+
+    /// Write `live` rows of a tile at row `r`, panel `p`: only columns below N,
+    /// through the epilogue, added to `out` when accumulating.
+    #[inline(always)]
+    unsafe fn store<const MR: usize, const NP: usize, const ACT: usize>(
+        &self,
+        acc: &[[[f32; NR]; NP]; MR],
+        r: usize,
+        live: usize,
+        p: usize,
+    ) {
+        let act = EPILOGUE_ACTS[ACT];
+        for q in 0..NP {
+            let col = (p + q) * NR;
+            let width = NR.min(self.n - col);
+            let mut bias = [0.0f32; NR];
+            if let Some(b) = self.ep.bias {
+                bias[..width].copy_from_slice(&b[col..col + width]);
+            }
+            for (i, row) in acc.iter().enumerate().take(live) {
+                // All 16 lanes through the epilogue (fixed width: vector code), then the live ones stored.
+                let mut v = [0.0f32; NR];
+                for j in 0..NR {
+                    v[j] = act::apply(act, row[q][j] + bias[j]);
+                }
+                let dst =
+                    std::slice::from_raw_parts_mut(self.out.0.add((r + i) * self.ldo + col), width);
+                if self.accumulate {
+                    dst.iter_mut().zip(&v).for_each(|(d, v)| *d += v);
+                } else {
+                    dst.copy_from_slice(&v[..width]);
+                }
+            }
+        }
+    }
+}
+
+/// The MR x (NP*16) tile at `a` (rows `lda` apart, `live` of them real: the
+/// others repeat the last and are not stored) times NP panels from `b`.
+#[inline(always)]
+unsafe fn tile<E: PanelElem, F: Fma, const MR: usize, const NP: usize>(
+    a: *const f32,
+    lda: usize,
+    live: usize,
+    b: *const E,
+    k: usize,
+) -> [[[f32; NR]; NP]; MR] {
+    let mut acc = [[[0.0f32; NR]; NP]; MR];
+    let mut rows = [a; MR];
+    for (i, r) in rows.iter_mut().enumerate() {
+        *r = a.add(i.min(live - 1) * lda);
+    }
+    for kk in 0..k {
+        let mut w = [[0.0f32; NR]; NP];
+        for (q, wq) in w.iter_mut().enumerate() {
+            *wq = E::load(b.add((q * k + kk) * NR));
+        }
+        for i in 0..MR {
+            let x = *rows[i].add(kk);
+            for q in 0..NP {
+                for j in 0..NR {
+                    acc[i][q][j] = F::fma(x, w[q][j], acc[i][q][j]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Plain loops, the reference for `gemm`: `out (+)= act(a Wᵀ + bias)` with W
+/// (n, k) row-major, summed in f64.
+pub fn gemm_ref(a: Lhs, w: &[f32], n: usize, k: usize, ep: Epilogue, out: Out) {
+    for i in 0..a.rows {
+        for j in 0..n {
+            let mut s = ep.bias.map_or(0.0, |b| b[j] as f64);
+            for kk in 0..k {
+                s += a.data[i * a.stride + kk] as f64 * w[j * k + kk] as f64;
+            }
+            let v = act::act_ref(ep.act, s as f32);
+            let o = &mut out.data[i * out.stride + j];
+            *o = if out.accumulate { *o + v } else { v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{max_abs_diff, randn};
+
+    /// The packed GEMM against the reference on shapes that cover every edge of
+    /// the tiling (rows and columns short of a tile or panel, K of 1), strided
+    /// operands, bias and accumulation, on one and on several threads.
+    #[test]
+    fn gemm_matches_reference() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (m, k, n) in [
+            (1, 1, 1),
+            (5, 3, 17),
+            (37, 19, 23),
+            (13, 96, 48),
+            (200, 40, 33),
+            (7, 300, 64),
+        ] {
+            let (lda, ldo) = (k + 3, n + 5);
+            let x = randn(m * lda, 1);
+            let w = randn(n * k, 2);
+            let bias = randn(n, 3);
+            let init = randn(m * ldo, 4);
+            let packed = PackedWeight::new(&w, n, k, WeightType::F32);
+            let with_bias = |act| Epilogue {
+                bias: Some(&bias[..]),
+                act,
+            };
+            for (acc, ep) in [
+                (false, Epilogue::NONE),
+                (true, with_bias(Act::None)),
+                (false, with_bias(Act::Gelu)),
+            ] {
+                let a = Lhs {
+                    data: &x,
+                    rows: m,
+                    stride: lda,
+                };
+                let mut want = init.clone();
+                gemm_ref(
+                    a,
+                    &w,
+                    n,
+                    k,
+                    ep,
+                    Out {
+                        data: &mut want,
+                        stride: ldo,
+                        accumulate: acc,
+                    },
+                );
+                for threads in [1, 3] {
+                    let mut got = init.clone();
+                    let Panels::F32(panels) = &packed.panels else {
+                        unreachable!()
+                    };
+                    let out = Out {
+                        data: &mut got,
+                        stride: ldo,
+                        accumulate: acc,
+                    };
+                    if threads == 1 {
+                        gemm(a, panels, n, k, ep, out);
+                    } else {
+                        pool.install(|| gemm(a, panels, n, k, ep, out));
+                    }
+                    let tol = 1e-5 * (k as f32).sqrt();
+                    assert!(
+                        max_abs_diff(&got, &want) < tol,
+                        "{m}x{k}x{n} acc={acc} {ep:?} threads={threads}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every tile shape the dispatch can pick (12x2 panels on AVX-512, 6x1 on
+    /// AVX2 and aarch64, 4x1 without FMA), run here whatever this CPU is, so
+    /// that the code the AVX-512 copy compiles from is tested on any machine.
+    #[test]
+    fn every_tile_shape_matches_reference() {
+        let (m, k, n) = (29, 21, 80);
+        let x = randn(m * k, 5);
+        let w = randn(n * k, 6);
+        let bias = randn(n, 7);
+        let mut panels = vec![0.0f32; packed_len(n, k)];
+        pack_into(&w, n, k, k, &mut panels);
+        let mut want = vec![0.0; m * n];
+        let a = Lhs {
+            data: &x,
+            rows: m,
+            stride: k,
+        };
+        let ep = Epilogue {
+            bias: Some(&bias),
+            act: Act::Silu,
+        };
+        gemm_ref(
+            a,
+            &w,
+            n,
+            k,
+            ep,
+            Out {
+                data: &mut want,
+                stride: n,
+                accumulate: false,
+            },
+        );
+        // SAFETY (each): the operands are as `gemm` checks, and one task writes all of `got`.
+        let runs: [fn(&Task<f32>); 4] = [
+            |t| unsafe { t.run::<Fused, 12, 2>() },
+            |t| unsafe { t.run::<Fused, 6, 1>() },
+            |t| unsafe { t.run::<Separate, 4, 1>() },
+            |t| unsafe { t.run::<Fused, 1, 3>() },
+        ];
+        for run in runs {
+            let mut got = vec![f32::NAN; m * n];
+            let t = Task {
+                a: x.as_ptr(),
+                lda: k,
+                rows: 0..m,
+                panels: panels.as_ptr(),
+                k,
+                cols: 0..n.div_ceil(NR),
+                n,
+                ep,
+                out: SharedMut(got.as_mut_ptr()),
+                ldo: n,
+                accumulate: false,
+            };
+            run(&t);
+            assert!(max_abs_diff(&got, &want) < 1e-4);
+        }
+    }
+
+    /// bf16 panels compute exactly what f32 panels of the rounded weight do,
+    /// and widening them back gives those rounded values.
+    #[test]
+    fn bf16_weights_are_the_rounded_f32_weights() {
+        let (m, k, n) = (23, 70, 45);
+        let x = randn(m * k, 8);
+        let w = randn(n * k, 9);
+        let rounded: Vec<f32> = w.iter().map(|&v| Bf16::from_f32(v).to_f32()).collect();
+        let bf16 = PackedWeight::new(&w, n, k, WeightType::Bf16);
+        assert_eq!(bf16.unpack(), rounded);
+        assert_eq!(PackedWeight::from_vec(w.clone(), n, k).unpack(), w);
+        assert_eq!(
+            PackedWeight::new(&w, n, k, WeightType::F32)
+                .to_type(WeightType::Bf16)
+                .unpack(),
+            rounded
+        );
+        let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
+        bf16.apply(&x, m, Epilogue::NONE, &mut got, false);
+        PackedWeight::new(&rounded, n, k, WeightType::F32).apply(
+            &x,
+            m,
+            Epilogue::NONE,
+            &mut want,
+            false,
+        );
+        assert!(max_abs_diff(&got, &want) < 1e-5);
+        assert!(max_abs_diff(&rounded, &w) > 0.0);
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let cases = [
+            (1.0f32, 0x3f80u16),
+            (f32::from_bits(0x3f80_8000), 0x3f80), // a tie: to even (down)
+            (f32::from_bits(0x3f81_8000), 0x3f82), // a tie: to even (up)
+            (f32::from_bits(0x3f80_8001), 0x3f81),
+            (f32::INFINITY, 0x7f80),
+            (f32::MAX, 0x7f80), // rounds up to infinity
+            (-0.0, 0x8000),
+        ];
+        for (x, bits) in cases {
+            assert_eq!(Bf16::from_f32(x).0, bits, "{x:e}");
+        }
+        assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
+        assert!(Bf16::from_f32(f32::from_bits(0x7f80_0001))
+            .to_f32()
+            .is_nan()); // a NaN that would round to inf
+    }
+
+    #[test]
+    fn task_split_covers_the_output_once() {
+        for (m, n, k, threads) in [
+            (1, 1, 1, 1),
+            (196, 1536, 384, 2),
+            (49, 768, 3072, 2),
+            (3136, 96, 96, 16),
+            (7, 1000, 768, 8),
+        ] {
+            let blocks = Blocks::new(m, n, k, threads);
+            let mut seen = vec![0u8; m * n.div_ceil(NR)];
+            for t in 0..blocks.count() {
+                let (rows, cols) = blocks.task(t);
+                for r in rows {
+                    for c in cols.clone() {
+                        seen[r * n.div_ceil(NR) + c] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{m}x{n} on {threads}");
+        }
+    }
+}
