@@ -64,9 +64,7 @@ impl Bf16 {
 }
 
 /// An element of a panel, widened to f32 16 at a time.
-pub trait PanelElem: Copy + Send + Sync + Default {
-    /// Stored from an f32 (rounded where the type is narrower).
-    fn from_f32(x: f32) -> Self;
+pub trait PanelElem: Copy + Send + Sync {
     /// Widened to f32.
     fn to_f32(self) -> f32;
     /// The 16 values at `p`.
@@ -84,9 +82,6 @@ pub trait PanelElem: Copy + Send + Sync + Default {
 }
 
 impl PanelElem for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -94,9 +89,6 @@ impl PanelElem for f32 {
 }
 
 impl PanelElem for Bf16 {
-    fn from_f32(x: f32) -> Self {
-        Bf16::from_f32(x)
-    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         Bf16::to_f32(self)
@@ -106,28 +98,6 @@ impl PanelElem for Bf16 {
 /// Elements of the panels of an (n, k) weight.
 pub fn packed_len(n: usize, k: usize) -> usize {
     n.div_ceil(NR) * NR * k
-}
-
-/// Pack W (n, k) row-major, whose rows are `stride` apart, into `panels`
-/// (`packed_len(n, k)` elements).
-pub fn pack_into<E: PanelElem>(w: &[f32], n: usize, k: usize, stride: usize, panels: &mut [E]) {
-    assert!(
-        n == 0 || k == 0 || (n - 1) * stride + k <= w.len(),
-        "pack: weight too small"
-    );
-    let panels = &mut panels[..packed_len(n, k)];
-    for (p, panel) in panels.chunks_mut(NR * k.max(1)).enumerate() {
-        for (kk, row) in panel.chunks_mut(NR).enumerate().take(k) {
-            for (j, o) in row.iter_mut().enumerate() {
-                let col = p * NR + j;
-                *o = if col < n {
-                    E::from_f32(w[col * stride + kk])
-                } else {
-                    E::default()
-                };
-            }
-        }
-    }
 }
 
 /// A weight W (N, K) in panels, f32 or bf16.
@@ -151,23 +121,13 @@ impl std::fmt::Debug for PackedWeight {
 }
 
 impl PackedWeight {
-    /// Pack W (n, k), row-major.
+    /// Pack a copy of W (n, k), row-major, stored as `dtype`.
     pub fn new(w: &[f32], n: usize, k: usize, dtype: WeightType) -> Self {
-        assert_eq!(w.len(), n * k, "pack: weight is not {n}x{k}");
-        let len = packed_len(n, k);
-        let panels = match dtype {
-            WeightType::F32 => {
-                let mut p = vec![0.0; len];
-                pack_into(w, n, k, k, &mut p);
-                Panels::F32(p)
-            }
-            WeightType::Bf16 => {
-                let mut p = vec![Bf16::default(); len];
-                pack_into(w, n, k, k, &mut p);
-                Panels::Bf16(p)
-            }
-        };
-        PackedWeight { n, k, panels }
+        let packed = Self::from_vec(w.to_vec(), n, k);
+        match dtype {
+            WeightType::F32 => packed,
+            _ => packed.to_type(dtype),
+        }
     }
 
     /// Pack W (n, k), row-major, in its own buffer (f32): a panel is 16
@@ -315,24 +275,29 @@ pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue
         return;
     }
     let blocks = Blocks::new(m, n, k, rayon::current_num_threads());
-    let dst = SharedMut(out.data.as_mut_ptr());
+    let whole = Task {
+        a: a.data.as_ptr(),
+        lda: a.stride,
+        rows: 0..m,
+        panels: panels.as_ptr(),
+        k,
+        cols: 0..n.div_ceil(NR),
+        n,
+        ep,
+        out: SharedMut(out.data.as_mut_ptr()),
+        ldo: out.stride,
+        accumulate: out.accumulate,
+    };
+    let whole = &whole; // the tasks share it whole (its pointer fields alone are not Sync)
     let task = |t: usize| {
         let (rows, cols) = blocks.task(t);
         // SAFETY: operands were checked above; tasks write disjoint blocks of `out`.
         unsafe {
-            block(
-                a.data.as_ptr(),
-                a.stride,
+            block(&Task {
                 rows,
-                panels.as_ptr(),
-                k,
                 cols,
-                n,
-                ep,
-                dst,
-                out.stride,
-                out.accumulate,
-            )
+                ..*whole
+            })
         }
     };
     if blocks.count() == 1 {
@@ -398,39 +363,13 @@ impl Blocks {
     }
 }
 
-/// One task: `rows` x panels `cols` of the output, through the best tile
-/// kernel the CPU runs.
+/// One task's rows x panels of the output, through the best tile kernel the
+/// CPU runs.
 ///
 /// # Safety
 /// The operands must hold what `gemm` checks; no other task writes these rows
 /// and panels of `out`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block<E: PanelElem>(
-    a: *const f32,
-    lda: usize,
-    rows: std::ops::Range<usize>,
-    panels: *const E,
-    k: usize,
-    cols: std::ops::Range<usize>,
-    n: usize,
-    ep: Epilogue,
-    out: SharedMut,
-    ldo: usize,
-    accumulate: bool,
-) {
-    let t = Task {
-        a,
-        lda,
-        rows,
-        panels,
-        k,
-        cols,
-        n,
-        ep,
-        out,
-        ldo,
-        accumulate,
-    };
+unsafe fn block<E: PanelElem>(t: &Task<E>) {
     #[cfg(target_arch = "x86_64")]
     {
         use super::simd::{has_avx2, has_avx512};
@@ -443,10 +382,10 @@ unsafe fn block<E: PanelElem>(
             t.run::<Fused, 6, 1>()
         }
         if has_avx512() {
-            return avx512(&t);
+            return avx512(t);
         }
         if has_avx2() {
-            return avx2(&t);
+            return avx2(t);
         }
         t.run::<Separate, 4, 1>()
     }
@@ -457,6 +396,7 @@ unsafe fn block<E: PanelElem>(
 /// The activations by the index `Task::run` gives each copy of the loops.
 const EPILOGUE_ACTS: [Act; 5] = [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
 
+/// Rows `rows` x panels `cols` of `out (+)= act(a Wᵀ + bias)` (what `gemm` checked).
 struct Task<'a, E> {
     a: *const f32,
     lda: usize,
@@ -470,6 +410,10 @@ struct Task<'a, E> {
     ldo: usize,
     accumulate: bool,
 }
+
+// SAFETY: a task only reads through `a` and `panels` (operands `gemm` borrows for
+// the whole call), and tasks made from one `Task` write disjoint blocks of `out`.
+unsafe impl<E: Sync> Sync for Task<'_, E> {}
 
 impl<E: PanelElem> Task<'_, E> {
     /// One copy of the loops per activation, so that the epilogue's is a
@@ -690,8 +634,9 @@ mod tests {
         let x = randn(m * k, 5);
         let w = randn(n * k, 6);
         let bias = randn(n, 7);
-        let mut panels = vec![0.0f32; packed_len(n, k)];
-        pack_into(&w, n, k, k, &mut panels);
+        let Panels::F32(panels) = PackedWeight::new(&w, n, k, WeightType::F32).panels else {
+            unreachable!()
+        };
         let mut want = vec![0.0; m * n];
         let a = Lhs {
             data: &x,
