@@ -25,10 +25,26 @@ pub fn apply(act: Act, v: f32) -> f32 {
     }
 }
 
+/// `x = act(x)` over a slice, one thread (inlined into callers' SIMD copies).
+/// One loop per kind: `apply` of a constant kind folds into straight vector
+/// code, where a kind read inside the loop would branch per element. Plain
+/// loops, not closures: closures are not compiled with the caller's target
+/// features.
 #[inline(always)]
-fn act_body(x: &mut [f32], act: Act) {
-    for v in x.iter_mut() {
-        *v = apply(act, *v);
+pub(super) fn act_body(x: &mut [f32], act: Act) {
+    macro_rules! each {
+        ($kind:expr) => {
+            for v in x.iter_mut() {
+                *v = apply($kind, *v);
+            }
+        };
+    }
+    match act {
+        Act::None => {}
+        Act::Silu => each!(Act::Silu),
+        Act::Gelu => each!(Act::Gelu),
+        Act::Relu => each!(Act::Relu),
+        Act::Sigmoid => each!(Act::Sigmoid),
     }
 }
 
@@ -36,10 +52,8 @@ dispatch!(fn act_chunk(x: &mut [f32], act: Act) => act_body);
 
 /// `x = act(x)` in place.
 pub fn act_inplace(x: &mut [f32], act: Act) {
-    match act {
-        Act::None => {}
-        Act::Gelu => gelu_inplace(x),
-        _ => x.par_chunks_mut(CHUNK).for_each(|c| act_chunk(c, act)),
+    if act != Act::None {
+        x.par_chunks_mut(CHUNK).for_each(|c| act_chunk(c, act));
     }
 }
 
@@ -56,21 +70,6 @@ pub fn act_ref(act: Act, v: f32) -> f32 {
 }
 
 const CHUNK: usize = 1 << 14;
-
-#[inline(always)]
-fn gelu_body(x: &mut [f32]) {
-    // A plain loop, not a closure: closures are not compiled with the caller's target features.
-    for v in x.iter_mut() {
-        *v = math::gelu(*v);
-    }
-}
-
-dispatch!(fn gelu_chunk(x: &mut [f32]) => gelu_body);
-
-/// In-place exact GELU.
-pub fn gelu_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(CHUNK).for_each(gelu_chunk);
-}
 
 /// Reference exact GELU through libm's erf.
 pub fn gelu_ref(x: f32) -> f32 {
@@ -101,7 +100,7 @@ mod tests {
     fn gelu_matches_reference() {
         let x: Vec<f32> = randn(100_000, 9).iter().map(|v| v * 4.0).collect();
         let mut y = x.clone();
-        gelu_inplace(&mut y);
+        act_inplace(&mut y, Act::Gelu);
         for (a, b) in x.iter().zip(&y) {
             assert!(
                 (gelu_ref(*a) - b).abs() <= 1e-6 * a.abs().max(1.0),

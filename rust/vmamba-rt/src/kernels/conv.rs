@@ -4,8 +4,8 @@
 
 use rayon::prelude::*;
 
+use super::act;
 use super::simd::{dispatch_fma, Fma};
-use super::{act, math};
 use crate::variant::Act;
 
 /// Output size of a convolution along one axis.
@@ -125,13 +125,8 @@ fn dwconv_act_row<F: Fma>(
             out[ox * c + c0..][..n].copy_from_slice(&acc[..n]);
         }
     }
-    // One pass for the activation, its kind matched once (vector code per kind).
-    let row = &mut out[..w * c];
-    match act {
-        Act::None => {}
-        Act::Silu => row.iter_mut().for_each(|v| *v = math::silu(*v)),
-        _ => row.iter_mut().for_each(|v| *v = act::apply(act, *v)),
-    }
+    // The activation in one pass over the row.
+    act::act_body(&mut out[..w * c], act);
 }
 
 /// Channels per register block of the depthwise convolution.
