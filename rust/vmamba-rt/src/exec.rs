@@ -93,7 +93,6 @@ pub(crate) fn run(
         .map(|&i| vec![0.0; plan.buffers[i].len])
         .collect();
     let mut ws = pool.take(workspace_len(plan));
-    let arena = &mut ws[..];
     let mut outs = outputs.iter_mut();
     let at = plan
         .buffers
@@ -110,7 +109,7 @@ pub(crate) fn run(
                 } else {
                     0
                 };
-                (arena[base + b.offset..][..b.len].as_mut_ptr(), b.len)
+                (ws[base + b.offset..][..b.len].as_mut_ptr(), b.len)
             }
         })
         .collect();

@@ -546,6 +546,34 @@ impl Params {
 mod tests {
     use super::*;
 
+    /// `Op::kind` spells each op as the plan's JSON does, for every op the
+    /// released architectures and the official variants' settings emit.
+    #[test]
+    fn op_kind_is_the_json_tag() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (preset, forward) in [
+            ("vanilla-vmamba-tiny", None),
+            ("vmamba-tiny-s1l8", None),
+            ("vmamba-tiny-s1l8", Some("v052dc")),
+            ("vmamba-tiny-s1l8", Some("v05_onsoftmax")),
+            ("vmamba-tiny-s1l8", Some("v05_ondwconv3")),
+        ] {
+            let mut cfg = crate::Config::preset(preset).unwrap();
+            cfg.dims = 16;
+            cfg.depths = vec![1, 1, 1, 1];
+            if let Some(f) = forward {
+                cfg.forward_type = f.into();
+            }
+            let model = crate::VMamba::random(cfg, 0).unwrap();
+            for op in model.plan([1, 3, 64, 64], Outputs::Logits).unwrap().ops {
+                let json = serde_json::to_value(&op).unwrap();
+                assert_eq!(json["op"], op.kind(), "{op:?}");
+                seen.insert(op.kind());
+            }
+        }
+        assert!(seen.len() >= 12, "{seen:?}");
+    }
+
     #[test]
     fn live_buffers_never_share_arena_space() {
         let mut g = Builder::new([1, 1, 1, 4]);
