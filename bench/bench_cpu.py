@@ -45,10 +45,29 @@ def _timed(f):
     return time.perf_counter() - t
 
 
+def blas_env(threads: int) -> dict:
+    """The environment with numpy's BLAS limited to `threads` threads."""
+    return dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                MKL_NUM_THREADS=str(threads))
+
+
+def child(args: list, threads: int = 1, python: str = sys.executable):
+    """Run this script's child mode `args` in a fresh process (numpy's BLAS on
+    `threads` threads) and return the JSON of its last line."""
+    out = subprocess.run([python, __file__, *map(str, args)], capture_output=True, text=True, check=True,
+                         env=blas_env(threads))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_header(hdr: str) -> None:
+    """A markdown table's header line and the rule under it."""
+    print(hdr)
+    print("|" + "|".join("-" * len(c) for c in hdr.split("|")[1:-1]) + "|")
+
+
 def sgemm_child(threads: int) -> float:
     """numpy's sgemm rate with its BLAS on `threads` threads (set before numpy loads)."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
+    env = blas_env(threads)
     code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import bench_cpu; print(bench_cpu.sgemm_gflops())"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 env=env).stdout.strip().splitlines()[-1])
@@ -158,15 +177,11 @@ def main():
     print("machine sgemm (numpy, 2048^3 fp32, best of 5): "
           + ", ".join(f"{peak[t]:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t in thread_counts))
     hdr = f"| {'model':<20} | weights  | res | batch | threads | ms/img | img/s | GFLOP/s | of sgemm | peak RSS MB |"
-    print(hdr)
-    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    print_header(hdr)
     times = {}
     for preset, dtype, res, batch, threads in rows:
-        # numpy's OpenBLAS threads would spin beside ours in the child; it needs no BLAS.
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--child", preset, str(res),
-                              str(batch), str(threads), dtype], capture_output=True, text=True, check=True, env=env)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        # numpy's OpenBLAS threads would spin beside ours in the child; it needs no BLAS (1 thread).
+        r = child(["--reps", args.reps, "--child", preset, res, batch, threads, dtype])
         per_img = r["best"] / batch
         times[(preset, dtype, res, batch, threads)] = per_img
         gflop = GFLOP_224[preset] * (res / 224) ** 2
@@ -188,17 +203,13 @@ def main():
     # Where the time goes: seconds per kind of op, one forward pass at batch 1.
     prof = {}
     for t in thread_counts:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--profile-child", preset, "224",
-                              str(t)], capture_output=True, text=True, check=True, env=env)
-        prof[t] = json.loads(out.stdout.strip().splitlines()[-1])
+        prof[t] = child(["--reps", args.reps, "--profile-child", preset, 224, t])
     gemm_gflop = sum(2 * m * k * n * runs for (m, k, n), runs in shapes) / 1e9
     print(f"\n{preset} at 224, batch 1, float32: time per kind of op (ms, best of {args.reps}; 'linear' is every GEMM"
           " with its bias and fused activation)")
     cols = "".join(f" {t} thread{'s' * (t > 1)} |  share |" for t in thread_counts)
     hdr = f"| op                | {cols}"
-    print(hdr)
-    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    print_header(hdr)
     total = {t: sum(prof[t].values()) for t in thread_counts}
     for kind in sorted(prof[thread_counts[0]], key=lambda k: -prof[thread_counts[0]][k]):
         cells = "".join(f" {prof[t][kind] * 1e3:>9.1f} | {prof[t][kind] / total[t]:>6.0%} |" for t in thread_counts)
@@ -210,17 +221,13 @@ def main():
 
     rates = {}
     for t in thread_counts:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
-        out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--gemm-child", preset, "224",
-                              str(t)], capture_output=True, text=True, check=True, env=env)
-        for who, r in json.loads(out.stdout.strip().splitlines()[-1]).items():
+        for who, r in child(["--reps", args.reps, "--gemm-child", preset, 224, t], threads=t).items():
             rates[who, t] = r
     print(f"\n{preset} at 224, batch 1: its GEMM shapes (M, K, N); GFLOP/s of numpy's, of ours with float32"
           " weights and of ours with bfloat16 weights (best of 3 interleaved rounds), and ours over numpy's")
     cols = "".join(f" numpy {t}t | f32 {t}t | bf16 {t}t | f32/np | bf16/np |" for t in thread_counts)
     hdr = f"| M x K x N          | runs |{cols}"
-    print(hdr)
-    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    print_header(hdr)
     for i, ((m, k, n), runs) in enumerate(shapes):
         cells = ""
         for t in thread_counts:
