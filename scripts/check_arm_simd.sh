@@ -12,7 +12,7 @@ aarch64-linux-gnu-objdump -d --no-show-raw-insn -C "$bin" > "$dump"
 status=0
 printf '%-58s %s\n' "kernel (aarch64, $(basename "$bin"))" "NEON float vector instructions"
 for kernel in kernels::scan::scan_task_dispatch kernels::norm::layer_norm_chunk kernels::conv::dwconv_chunk \
-              kernels::act::gelu_chunk kernels::gemm::block; do
+              kernels::act::act_chunk kernels::gemm::block; do
     n=$(awk -v k="$kernel" '/^[0-9a-f]+ <.*>:$/ { inside = index($0, k) > 0 } inside' "$dump" \
         | grep -cE '\s(fmul|fadd|fsub|fmla|fmls|fmax|fmin|fdiv|fneg|fabs|frintm|fcvtzs|scvtf)\s+v[0-9]+\.(4s|2d)' || true)
     printf '%-58s %s\n' "$kernel" "$n"
