@@ -369,6 +369,7 @@ impl Blocks {
 /// # Safety
 /// The operands must hold what `gemm` checks; no other task writes these rows
 /// and panels of `out`.
+#[inline(never)] // the per-ISA entry: one symbol per element type (scripts/check_arm_simd.sh reads it)
 unsafe fn block<E: PanelElem>(t: &Task<E>) {
     #[cfg(target_arch = "x86_64")]
     {
