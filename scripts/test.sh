@@ -38,6 +38,8 @@ if [ $full = 1 ]; then
     step "format and lints"
     cargo fmt --all --check
     cargo clippy --all-targets -q -- -D warnings
+    # The core without image decoding (what a Rust app embeds with default-features = false).
+    cargo clippy -p vmamba-rt --no-default-features -q -- -D warnings
     step "bindings tests"
     cargo test -q -p vmamba-rt-py
     step "aarch64"

@@ -394,6 +394,9 @@ unsafe fn block<E: PanelElem>(t: &Task<E>) {
     t.run::<Fused, 6, 1>()
 }
 
+/// Panels a single-row tile takes at once.
+const ROW_PANELS: usize = 4;
+
 /// The activations by the index `Task::run` gives each copy of the loops.
 const EPILOGUE_ACTS: [Act; 5] = [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
 
@@ -434,6 +437,9 @@ impl<E: PanelElem> Task<'_, E> {
     /// panels of a step stay in L1 while the task's rows pass under them.
     #[inline(always)]
     unsafe fn run_with<F: Fma, const MR: usize, const NP: usize, const ACT: usize>(&self) {
+        if self.rows.len() < MR {
+            return self.rows_alone::<F, ACT>();
+        }
         let mut p = self.cols.start;
         while p + NP <= self.cols.end {
             self.column::<F, MR, NP, ACT>(p);
@@ -450,16 +456,45 @@ impl<E: PanelElem> Task<'_, E> {
         let mut r = self.rows.start;
         while r < self.rows.end {
             let live = MR.min(self.rows.end - r);
-            let acc = tile::<E, F, MR, NP>(
-                self.a.add(r * self.lda),
-                self.lda,
-                live,
-                self.panels.add(p * NR * self.k),
-                self.k,
-            );
-            self.store::<MR, NP, ACT>(&acc, r, live, p);
+            self.tile_at::<F, MR, NP, ACT>(r, live, p);
             r += MR;
         }
+    }
+
+    /// Fewer rows than a tile (the classifier's single row): a row at a time
+    /// under `ROW_PANELS` panels at once (that many independent sums), instead
+    /// of MR-row tiles that compute rows only to throw them away.
+    #[inline(always)]
+    unsafe fn rows_alone<F: Fma, const ACT: usize>(&self) {
+        for r in self.rows.clone() {
+            let mut p = self.cols.start;
+            while p + ROW_PANELS <= self.cols.end {
+                self.tile_at::<F, 1, ROW_PANELS, ACT>(r, 1, p);
+                p += ROW_PANELS;
+            }
+            while p < self.cols.end {
+                self.tile_at::<F, 1, 1, ACT>(r, 1, p);
+                p += 1;
+            }
+        }
+    }
+
+    /// The tile at row `r` (`live` rows of it real), panel `p`: computed and stored.
+    #[inline(always)]
+    unsafe fn tile_at<F: Fma, const MR: usize, const NP: usize, const ACT: usize>(
+        &self,
+        r: usize,
+        live: usize,
+        p: usize,
+    ) {
+        let acc = tile::<E, F, MR, NP>(
+            self.a.add(r * self.lda),
+            self.lda,
+            live,
+            self.panels.add(p * NR * self.k),
+            self.k,
+        );
+        self.store::<MR, NP, ACT>(&acc, r, live, p);
     }
 
     /// Write `live` rows of a tile at row `r`, panel `p`: only columns below N,
@@ -628,62 +663,60 @@ mod tests {
 
     /// Every tile shape the dispatch can pick (12x2 panels on AVX-512, 6x1 on
     /// AVX2 and aarch64, 4x1 without FMA), run here whatever this CPU is, so
-    /// that the code the AVX-512 copy compiles from is tested on any machine.
+    /// that the code the AVX-512 copy compiles from is tested on any machine;
+    /// with a last tile part empty (29 rows), full tiles only (24), and fewer
+    /// rows than a tile (1, 3: single-row tiles).
     #[test]
     fn every_tile_shape_matches_reference() {
-        let (m, k, n) = (29, 21, 80);
-        let x = randn(m * k, 5);
+        let (k, n) = (21, 80); // 5 panels: a group of ROW_PANELS and one more
         let w = randn(n * k, 6);
         let bias = randn(n, 7);
         let Panels::F32(panels) = PackedWeight::new(&w, n, k, WeightType::F32).panels else {
             unreachable!()
         };
-        let mut want = vec![0.0; m * n];
-        let a = Lhs {
-            data: &x,
-            rows: m,
-            stride: k,
-        };
         let ep = Epilogue {
             bias: Some(&bias),
             act: Act::Silu,
         };
-        gemm_ref(
-            a,
-            &w,
-            n,
-            k,
-            ep,
-            Out {
+        for m in [29, 24, 1, 3] {
+            let x = randn(m * k, 5);
+            let mut want = vec![0.0; m * n];
+            let a = Lhs {
+                data: &x,
+                rows: m,
+                stride: k,
+            };
+            let out = Out {
                 data: &mut want,
                 stride: n,
                 accumulate: false,
-            },
-        );
-        // SAFETY (each): the operands are as `gemm` checks, and one task writes all of `got`.
-        let runs: [fn(&Task<f32>); 4] = [
-            |t| unsafe { t.run::<Fused, 12, 2>() },
-            |t| unsafe { t.run::<Fused, 6, 1>() },
-            |t| unsafe { t.run::<Separate, 4, 1>() },
-            |t| unsafe { t.run::<Fused, 1, 3>() },
-        ];
-        for run in runs {
-            let mut got = vec![f32::NAN; m * n];
-            let t = Task {
-                a: x.as_ptr(),
-                lda: k,
-                rows: 0..m,
-                panels: panels.as_ptr(),
-                k,
-                cols: 0..n.div_ceil(NR),
-                n,
-                ep,
-                out: SharedMut(got.as_mut_ptr()),
-                ldo: n,
-                accumulate: false,
             };
-            run(&t);
-            assert!(max_abs_diff(&got, &want) < 1e-4);
+            gemm_ref(a, &w, n, k, ep, out);
+            // SAFETY (each): the operands are as `gemm` checks, and one task writes all of `got`.
+            let runs: [fn(&Task<f32>); 4] = [
+                |t| unsafe { t.run::<Fused, 12, 2>() },
+                |t| unsafe { t.run::<Fused, 6, 1>() },
+                |t| unsafe { t.run::<Separate, 4, 1>() },
+                |t| unsafe { t.run::<Fused, 1, 3>() },
+            ];
+            for run in runs {
+                let mut got = vec![f32::NAN; m * n];
+                let t = Task {
+                    a: x.as_ptr(),
+                    lda: k,
+                    rows: 0..m,
+                    panels: panels.as_ptr(),
+                    k,
+                    cols: 0..n.div_ceil(NR),
+                    n,
+                    ep,
+                    out: SharedMut(got.as_mut_ptr()),
+                    ldo: n,
+                    accumulate: false,
+                };
+                run(&t);
+                assert!(max_abs_diff(&got, &want) < 1e-4, "m = {m}");
+            }
         }
     }
 

@@ -1,7 +1,6 @@
 //! The runtime around the network: threads, input and memory checks, labels,
 //! top-k and file classification. The network itself is in `mod.rs`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::{VMamba, META_LABELS};
@@ -67,7 +66,11 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     #[cfg(feature = "image")]
-    pub fn classify_file(&self, path: impl AsRef<Path>, k: usize) -> Result<Vec<(String, f32)>> {
+    pub fn classify_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        k: usize,
+    ) -> Result<Vec<(String, f32)>> {
         let pre = self.preprocess()?;
         let x = pre.apply(&crate::preprocess::load_rgb(path)?)?;
         let s = pre.input_size;
