@@ -453,6 +453,37 @@ def test_reference_ops_check_their_shapes():
         _native.cross_merge_ref(np.zeros((1, 3, 2, 2, 2), np.float32))
 
 
+def test_ops_with_wrapping_or_oversized_sizes_are_refused():
+    # A product of sizes that wraps around to a small number once passed the
+    # GEMM's size check and the tiles read far past the buffers (a segfault).
+    r = run_child("""
+        import json, numpy as np
+        from vmamba_rt import _native, VMambaError
+        ones = lambda n: np.ones(n, np.float32)
+        linear = {"op": "linear", "src": 0, "dst": 1, "inp": 2, "out": 2, "weight": 0, "bias": None,
+                  "accumulate": False}
+        cases = [
+            dict(linear, rows=2**63 + 1),  # (rows - 1) * 2 wraps to 0
+            dict(linear, rows=3),  # 6 values asked of 4-value buffers
+            {"op": "layer_norm", "src": 0, "dst": 1, "rows": 2, "c": 0, "weight": None, "bias": None},
+            {"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": 2**62, "h": 2, "w": 2, "di": 1, "n": 1,
+             "r": 1, "paths": ["raster"], "dt_weight": 0, "dt_bias": 0, "a": 0, "d": 0},
+        ]
+        for op in cases:
+            try:
+                _native.run_op(json.dumps(op), [ones(4), ones(4), ones(4)], [ones(4)])
+                print("RAN", op["op"])
+            except VMambaError as e:
+                print("REFUSED", e)
+        """)
+    assert r["rc"] == 0, r
+    refusals = [line for line in r["out"].splitlines() if line.startswith("REFUSED")]
+    assert refusals == ["REFUSED linear op: its sizes overflow",
+                        "REFUSED linear op needs 6 values in buffer 0, which holds 4",
+                        "REFUSED layer_norm op: c is 0",
+                        "REFUSED cross_scan op: its sizes overflow"], r["out"]
+
+
 # 9. Outputs -----------------------------------------------------------------------------
 
 def _cli(*args):

@@ -140,6 +140,15 @@ pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
     if op.aliases() {
         return Err(Error::Usage("op reads the buffer it writes".into()));
     }
+    for (id, need) in op.needs().map_err(Error::Usage)? {
+        let has = buffers[id].len();
+        if has < need {
+            return Err(Error::Usage(format!(
+                "{} op needs {need} values in buffer {id}, which holds {has}",
+                op.kind()
+            )));
+        }
+    }
     let at = buffers
         .iter_mut()
         .map(|b| (b.as_mut_ptr(), b.len()))

@@ -283,6 +283,204 @@ impl Op {
         }
     }
 
+    /// The elements each buffer must hold for the op's sizes, as (buffer,
+    /// elements). Errs, naming the op, where a size the op divides its work by
+    /// is zero or the sizes overflow: for ops that come from outside a plan
+    /// (`exec::run_op`), before any kernel sees them.
+    pub fn needs(&self) -> std::result::Result<Vec<(BufId, usize)>, String> {
+        let kind = self.kind();
+        let overflow = || format!("{kind} op: its sizes overflow");
+        let prod = |dims: &[usize]| -> std::result::Result<usize, String> {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(overflow)
+        };
+        // `rows` rows of `c` elements, `stride` apart, the first at `offset`.
+        let strided = |rows: usize, stride: usize, offset: usize, c: usize| {
+            if rows == 0 {
+                return Ok(0);
+            }
+            (rows - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(offset))
+                .and_then(|v| v.checked_add(c))
+                .ok_or_else(overflow)
+        };
+        let nonzero = |named: &[(&str, usize)]| match named.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("{kind} op: {name} is 0")),
+            None => Ok(()),
+        };
+        use Op::*;
+        Ok(match *self {
+            ToChannelsLast {
+                src,
+                dst,
+                b,
+                c,
+                h,
+                w,
+            }
+            | ToChannelsFirst {
+                src,
+                dst,
+                b,
+                h,
+                w,
+                c,
+            }
+            | TransposeHw {
+                src,
+                dst,
+                b,
+                h,
+                w,
+                c,
+            } => {
+                nonzero(&[("c", c), ("h", h), ("w", w)])?;
+                let n = prod(&[b, c, h, w])?;
+                vec![(src, n), (dst, n)]
+            }
+            Im2col {
+                src,
+                dst,
+                b,
+                h,
+                w,
+                c,
+                k,
+                stride,
+                ho,
+                wo,
+                ..
+            } => {
+                nonzero(&[
+                    ("c", c),
+                    ("k", k),
+                    ("stride", stride),
+                    ("ho", ho),
+                    ("wo", wo),
+                ])?;
+                vec![
+                    (src, prod(&[b, h, w, c])?),
+                    (dst, prod(&[b, ho, wo, k, k, c])?),
+                ]
+            }
+            Linear {
+                src,
+                dst,
+                rows,
+                inp,
+                out,
+                ..
+            } => {
+                nonzero(&[("inp", inp), ("out", out)])?;
+                vec![(src, prod(&[rows, inp])?), (dst, prod(&[rows, out])?)]
+            }
+            Act { buf, len, .. } => vec![(buf, len)],
+            AddParam { buf, b, len, .. } => {
+                nonzero(&[("len", len)])?;
+                vec![(buf, prod(&[b, len])?)]
+            }
+            LayerNorm {
+                src, dst, rows, c, ..
+            } => {
+                nonzero(&[("c", c)])?;
+                let n = prod(&[rows, c])?;
+                vec![(src, n), (dst, n)]
+            }
+            Pointwise {
+                src,
+                src_stride,
+                src_offset,
+                dst,
+                rows,
+                c,
+                gate,
+                gate_stride,
+                gate_offset,
+                ..
+            } => {
+                nonzero(&[("c", c)])?;
+                let mut v = vec![
+                    (src, strided(rows, src_stride, src_offset, c)?),
+                    (dst, prod(&[rows, c])?),
+                ];
+                if let Some(g) = gate {
+                    v.push((g, strided(rows, gate_stride, gate_offset, c)?));
+                }
+                v
+            }
+            DwConvAct {
+                src,
+                src_stride,
+                dst,
+                b,
+                h,
+                w,
+                c,
+                k,
+                ..
+            } => {
+                nonzero(&[("c", c), ("k", k), ("h", h), ("w", w)])?;
+                let pixels = prod(&[b, h, w])?;
+                vec![
+                    (src, strided(pixels, src_stride, 0, c)?),
+                    (dst, prod(&[pixels, c])?),
+                ]
+            }
+            CrossScan {
+                u,
+                xdbl,
+                dst,
+                b,
+                h,
+                w,
+                di,
+                n,
+                r,
+                ref paths,
+                ..
+            } => {
+                nonzero(&[("h", h), ("w", w), ("di", di), ("paths", paths.len())])?;
+                let pixels = prod(&[b, h, w])?;
+                let per_pixel = n
+                    .checked_mul(2)
+                    .and_then(|v| v.checked_add(r))
+                    .ok_or_else(overflow)?;
+                let inner = prod(&[pixels, di])?;
+                vec![
+                    (u, inner),
+                    (xdbl, prod(&[pixels, paths.len(), per_pixel])?),
+                    (dst, inner),
+                ]
+            }
+            SpatialSoftmax { src, dst, b, hw, c } | MeanPool { src, dst, b, hw, c } => {
+                nonzero(&[("hw", hw), ("c", c)])?;
+                let n = prod(&[b, hw, c])?;
+                let out = if matches!(self, MeanPool { .. }) {
+                    prod(&[b, c])?
+                } else {
+                    n
+                };
+                vec![(src, n), (dst, out)]
+            }
+            PatchMerge {
+                src,
+                dst,
+                b,
+                h,
+                w,
+                c,
+            } => {
+                nonzero(&[("h", h), ("w", w), ("c", c)])?;
+                vec![
+                    (src, prod(&[b, h, w, c])?),
+                    (dst, prod(&[b, h.div_ceil(2), w.div_ceil(2), 4, c])?),
+                ]
+            }
+        })
+    }
+
     /// True when the op writes a buffer it also names in another field: the
     /// engines give each field its own slice, so a plan never holds such an op.
     pub fn aliases(&self) -> bool {
@@ -546,10 +744,11 @@ impl Params {
 mod tests {
     use super::*;
 
-    /// `Op::kind` spells each op as the plan's JSON does, for every op the
-    /// released architectures and the official variants' settings emit.
+    /// `Op::kind` spells each op as the plan's JSON does, and `Op::needs` asks
+    /// no more of a buffer than the plan gives it, for every op the released
+    /// architectures and the official variants' settings emit.
     #[test]
-    fn op_kind_is_the_json_tag() {
+    fn ops_name_their_json_tag_and_fit_their_buffers() {
         let mut seen = std::collections::BTreeSet::new();
         for (preset, forward) in [
             ("vanilla-vmamba-tiny", None),
@@ -565,13 +764,54 @@ mod tests {
                 cfg.forward_type = f.into();
             }
             let model = crate::VMamba::random(cfg, 0).unwrap();
-            for op in model.plan([1, 3, 64, 64], Outputs::Logits).unwrap().ops {
-                let json = serde_json::to_value(&op).unwrap();
-                assert_eq!(json["op"], op.kind(), "{op:?}");
-                seen.insert(op.kind());
+            for shape in [[1, 3, 64, 64], [2, 3, 72, 40]] {
+                let plan = model.plan(shape, Outputs::Logits).unwrap();
+                for op in &plan.ops {
+                    let json = serde_json::to_value(op).unwrap();
+                    assert_eq!(json["op"], op.kind(), "{op:?}");
+                    seen.insert(op.kind());
+                    for (id, need) in op.needs().unwrap() {
+                        assert!(need <= plan.buffers[id].len, "{op:?}: buffer {id}");
+                    }
+                }
             }
         }
         assert!(seen.len() >= 12, "{seen:?}");
+    }
+
+    /// Sizes from outside a plan: a product that would wrap around, or a zero
+    /// that a kernel would divide its work by, is refused by name.
+    #[test]
+    fn needs_refuses_overflowing_and_zero_sizes() {
+        let linear = |rows, inp| Op::Linear {
+            src: 0,
+            dst: 1,
+            rows,
+            inp,
+            out: 3,
+            weight: 0,
+            bias: None,
+            accumulate: false,
+        };
+        assert_eq!(linear(5, 2).needs().unwrap(), vec![(0, 10), (1, 15)]);
+        let wraps = linear((1 << 63) + 1, 2).needs().unwrap_err();
+        assert!(wraps.contains("linear op: its sizes overflow"), "{wraps}");
+        assert_eq!(linear(5, 0).needs().unwrap_err(), "linear op: inp is 0");
+        let strided = Op::Pointwise {
+            src: 0,
+            src_stride: 10,
+            src_offset: 4,
+            dst: 1,
+            rows: 3,
+            c: 2,
+            act: Act::Silu,
+            gate: Some(2),
+            gate_stride: usize::MAX,
+            gate_offset: 0,
+            gate_act: Act::None,
+        };
+        let err = strided.needs().unwrap_err();
+        assert!(err.contains("pointwise op: its sizes overflow"), "{err}");
     }
 
     #[test]

@@ -257,17 +257,27 @@ impl Epilogue<'_> {
 /// `out (+)= act(a Wᵀ + bias)`, W given as the panels of an (n, k) weight.
 pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue, out: Out) {
     let m = a.rows;
-    assert!(
-        m == 0 || (m - 1) * a.stride + k <= a.data.len(),
-        "gemm: lhs too small"
-    );
+    // Checked sizes: the tiles read and write through pointers, so a product
+    // that wrapped around must not pass for a small one.
+    let fits = |rows: usize, stride: usize, width: usize, len: usize| {
+        rows == 0
+            || (rows - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(width))
+                .is_some_and(|need| need <= len)
+    };
+    assert!(fits(m, a.stride, k, a.data.len()), "gemm: lhs too small");
     assert!(
         k <= a.stride && n <= out.stride,
         "gemm: strides narrower than rows"
     );
-    assert!(panels.len() >= packed_len(n, k), "gemm: panels too small");
     assert!(
-        m == 0 || (m - 1) * out.stride + n <= out.data.len(),
+        NR.checked_mul(k)
+            .is_some_and(|panel| fits(n.div_ceil(NR), panel, panel, panels.len())),
+        "gemm: panels too small"
+    );
+    assert!(
+        fits(m, out.stride, n, out.data.len()),
         "gemm: output too small"
     );
     assert!(ep.bias.is_none_or(|b| b.len() >= n), "gemm: bias too short");
@@ -718,6 +728,25 @@ mod tests {
                 assert!(max_abs_diff(&got, &want) < 1e-4, "m = {m}");
             }
         }
+    }
+
+    /// Sizes whose products wrap around are refused, not taken for small ones
+    /// (the tiles read through pointers).
+    #[test]
+    #[should_panic(expected = "gemm: lhs too small")]
+    fn wrapping_sizes_are_refused() {
+        let (x, w, mut out) = (vec![1.0; 4], vec![1.0; packed_len(2, 2)], vec![0.0; 4]);
+        let a = Lhs {
+            data: &x,
+            rows: (1 << 63) + 1, // (rows - 1) * 2 wraps to 0
+            stride: 2,
+        };
+        let o = Out {
+            data: &mut out,
+            stride: 2,
+            accumulate: false,
+        };
+        gemm(a, &w, 2, 2, Epilogue::NONE, o);
     }
 
     /// bf16 panels compute exactly what f32 panels of the rounded weight do,

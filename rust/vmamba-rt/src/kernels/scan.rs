@@ -91,14 +91,31 @@ pub struct CrossScan<'a> {
 }
 
 impl CrossScan<'_> {
+    /// Every operand's length against the sizes, in checked arithmetic: the
+    /// output is written through a pointer, so a product that wrapped around
+    /// must not pass for a small one.
     fn check(&self) {
-        let (rows, k) = (self.batch * self.h * self.w, self.paths.len());
-        assert_eq!(self.u.len(), rows * self.di, "u");
-        assert_eq!(self.xdbl.len(), rows * k * (self.r + 2 * self.n), "xdbl");
-        assert_eq!(self.dt_weight.len(), k * self.di * self.r, "dt_weight");
-        assert_eq!(self.a.len(), k * self.di * self.n, "A");
-        assert_eq!(self.d.len(), k * self.di, "D");
-        assert_eq!(self.bias.len(), k * self.di, "bias");
+        let prod = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .expect("scan: sizes overflow")
+        };
+        let (rows, k) = (prod(&[self.batch, self.h, self.w]), self.paths.len());
+        let per_pixel = self.n.checked_mul(2).and_then(|v| v.checked_add(self.r));
+        assert_eq!(self.u.len(), prod(&[rows, self.di]), "u");
+        assert_eq!(
+            self.xdbl.len(),
+            prod(&[rows, k, per_pixel.expect("scan: sizes overflow")]),
+            "xdbl"
+        );
+        assert_eq!(
+            self.dt_weight.len(),
+            prod(&[k, self.di, self.r]),
+            "dt_weight"
+        );
+        assert_eq!(self.a.len(), prod(&[k, self.di, self.n]), "A");
+        assert_eq!(self.d.len(), prod(&[k, self.di]), "D");
+        assert_eq!(self.bias.len(), prod(&[k, self.di]), "bias");
     }
 }
 
@@ -262,7 +279,7 @@ dispatch_fma!(fn scan_task_dispatch(s: &CrossScan, img: usize, d0: usize, y: Sha
 /// into `y` (B*L, Di), which the caller zeroes first.
 pub fn cross_selective_scan(s: &CrossScan, y: &mut [f32]) {
     s.check();
-    assert_eq!(y.len(), s.batch * s.h * s.w * s.di, "y");
+    assert_eq!(y.len(), s.u.len(), "y"); // (B*L, Di), as u
     let blocks = s.di.div_ceil(LANES);
     let yp = SharedMut(y.as_mut_ptr());
     (0..s.batch * blocks).into_par_iter().for_each(|t| {
