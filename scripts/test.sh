@@ -44,6 +44,7 @@ if [ $full = 1 ]; then
     cargo test -q -p vmamba-rt-py
     step "aarch64"
     bash scripts/test_aarch64.sh --install
+    cargo clippy -p vmamba-rt --all-targets --target aarch64-unknown-linux-gnu -q -- -D warnings
     bash scripts/check_arm_simd.sh
     step "windows"
     bash scripts/test_windows.sh --install

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{Fma, Fused, Separate};
+use super::simd::{Fma, Fused};
 use super::{act, SharedMut};
 use crate::variant::Act;
 
@@ -383,7 +383,7 @@ impl Blocks {
 unsafe fn block<E: PanelElem>(t: &Task<E>) {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::simd::{has_avx2, has_avx512};
+        use super::simd::{has_avx2, has_avx512, Separate};
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         unsafe fn avx512<E: PanelElem>(t: &Task<E>) {
             t.run::<Fused, 12, 2>()
@@ -594,6 +594,7 @@ pub fn gemm_ref(a: Lhs, w: &[f32], n: usize, k: usize, ep: Epilogue, out: Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::simd::Separate;
     use crate::testutil::{max_abs_diff, randn};
 
     /// The packed GEMM against the reference on shapes that cover every edge of

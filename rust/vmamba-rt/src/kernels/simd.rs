@@ -40,9 +40,9 @@ macro_rules! dispatch_fma {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
-            use $crate::kernels::simd::{Fused, Separate};
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::kernels::simd::{Fused, Separate};
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
                     $body::<Fused>($($arg),*)
@@ -62,7 +62,7 @@ macro_rules! dispatch_fma {
                 $body::<Separate>($($arg),*)
             }
             #[cfg(not(target_arch = "x86_64"))]
-            $body::<Fused>($($arg),*)
+            $body::<$crate::kernels::simd::Fused>($($arg),*)
         }
     };
 }
