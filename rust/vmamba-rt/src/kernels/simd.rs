@@ -3,21 +3,28 @@
 //! enabled, and a third with AVX-512, and picks the best copy the CPU runs. Other targets (NEON on
 //! aarch64 is part of the baseline) use the portable copy.
 
-/// Wrap an `#[inline(always)]` kernel body in an AVX2 copy and a portable copy,
-/// and dispatch on the running CPU.
+/// Wrap an `#[inline(always)]` kernel body in an AVX-512 copy, an AVX2 copy
+/// and a portable copy, and dispatch on the running CPU.
 macro_rules! dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:path) => {
+        $crate::kernels::simd::dispatch!(@copies $(#[$m])* $vis fn $name($($arg: $ty),*)
+            => [$body] [$body] [$body]);
+    };
+    // The one expansion: `fused` for the AVX copies, `baseline` for x86-64
+    // without them, `other` for other targets (NEON on aarch64 is baseline).
+    (@copies $(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),*)
+        => [$($fused:tt)*] [$($baseline:tt)*] [$($other:tt)*]) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
+                    $($fused)*($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
+                    $($fused)*($($arg),*)
                 }
                 if $crate::kernels::simd::has_avx512() {
                     // SAFETY: the CPU supports AVX-512F/VL, AVX2 and FMA (checked above).
@@ -27,8 +34,10 @@ macro_rules! dispatch {
                     // SAFETY: the CPU supports AVX2 and FMA (checked above).
                     return unsafe { avx2($($arg),*) };
                 }
+                $($baseline)*($($arg),*)
             }
-            $body($($arg),*)
+            #[cfg(not(target_arch = "x86_64"))]
+            $($other)*($($arg),*)
         }
     };
 }
@@ -38,32 +47,10 @@ pub(crate) use dispatch;
 /// aarch64, whose baseline has it) fuse multiply-adds, baseline x86-64 does not.
 macro_rules! dispatch_fma {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:ident) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use $crate::kernels::simd::{Fused, Separate};
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $body::<Fused>($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $body::<Fused>($($arg),*)
-                }
-                if $crate::kernels::simd::has_avx512() {
-                    // SAFETY: the CPU supports AVX-512F/VL, AVX2 and FMA (checked above).
-                    return unsafe { avx512($($arg),*) };
-                }
-                if $crate::kernels::simd::has_avx2() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                    return unsafe { avx2($($arg),*) };
-                }
-                $body::<Separate>($($arg),*)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            $body::<$crate::kernels::simd::Fused>($($arg),*)
-        }
+        $crate::kernels::simd::dispatch!(@copies $(#[$m])* $vis fn $name($($arg: $ty),*)
+            => [$body::<$crate::kernels::simd::Fused>]
+               [$body::<$crate::kernels::simd::Separate>]
+               [$body::<$crate::kernels::simd::Fused>]);
     };
 }
 pub(crate) use dispatch_fma;
