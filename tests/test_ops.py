@@ -22,6 +22,8 @@ def test_cross_scan_and_merge_match_official():
 
 def test_gemm_timer_runs_and_refuses_absurd_shapes():
     assert _native.gemm_gflops(32, 16, 8, 1, 2) > 0
-    for bad in [(1 << 20, 1 << 20, 1, 1, 1), (0, 4, 4, 1, 1), (4, 4, 4, 5000, 1)]:
+    # (2^32, 2^32, 2^32): every operand's element count wraps around to 0 unless checked.
+    for bad in [(1 << 20, 1 << 20, 1, 1, 1), (0, 4, 4, 1, 1), (4, 4, 4, 5000, 1), (1 << 32, 1 << 32, 1 << 32, 1, 1),
+                (4, 4, 4, 1, 10**9)]:
         with pytest.raises(_native.VMambaError, match="out of range"):
             _native.gemm_gflops(*bad)

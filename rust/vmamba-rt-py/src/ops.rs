@@ -163,7 +163,7 @@ fn run_op<'py>(
         let param = vmamba_rt::weights::Param::owned(data, vec![n]);
         match linear {
             Some((w, out, inp)) if w == i => {
-                if n != out * inp {
+                if vmamba_rt::memory::elements(&[out, inp]) != Some(n) {
                     return Err(VMambaError::new_err(format!(
                         "linear weight {i} holds {n} values, not {out}x{inp}"
                     )));
@@ -194,9 +194,12 @@ fn gemm_gflops(
     reps: usize,
     dtype: &str,
 ) -> PyResult<f64> {
-    let elems = [m * k, n * k, m * n];
-    if [m, k, n, threads, reps].contains(&0) || elems.iter().any(|&e| e > 1 << 28) || threads > 1024
-    {
+    // Each operand at most 2^28 elements (counted without wrapping around), and
+    // a bounded number of repeats: a call is a benchmark, not a way to hang.
+    let too_big = [[m, k], [n, k], [m, n]]
+        .iter()
+        .any(|dims| vmamba_rt::memory::elements(dims).is_none_or(|e| e > 1 << 28));
+    if [m, k, n, threads, reps].contains(&0) || too_big || threads > 1024 || reps > 1000 {
         return Err(VMambaError::new_err(format!(
             "gemm_gflops: shape ({m}, {k}, {n}) x {reps} on {threads} threads is out of range"
         )));

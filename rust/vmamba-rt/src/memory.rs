@@ -78,6 +78,24 @@ pub fn ensure(bytes: u64, what: impl FnOnce() -> String) -> Result<()> {
     Ok(())
 }
 
+/// Elements in a tensor of shape `dims`; None where the count overflows usize.
+pub fn elements(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// Elements from a buffer's start to the end of the last of `rows` rows of
+/// `width` elements, the first at `offset`, `stride` apart (0 without rows);
+/// None where that overflows usize.
+pub fn extent(rows: usize, stride: usize, offset: usize, width: usize) -> Option<usize> {
+    if rows == 0 {
+        return Some(0);
+    }
+    (rows - 1)
+        .checked_mul(stride)?
+        .checked_add(offset)?
+        .checked_add(width)
+}
+
 /// An empty vector with room for `len` elements, checked by [`ensure`] first;
 /// [`Error::OutOfMemory`] if either refuses.
 pub fn reserve<T>(len: usize, what: impl Fn() -> String) -> Result<Vec<T>> {
@@ -100,5 +118,16 @@ mod tests {
         assert!(err.to_string().contains("a test buffer"), "{err}");
         assert!(reserve::<f32>(usize::MAX / 8, || "x".into()).is_err());
         assert!(reserve::<f32>(3, || "x".into()).unwrap().capacity() >= 3);
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_none() {
+        assert_eq!(elements(&[2, 3, 4]), Some(24));
+        assert_eq!(elements(&[]), Some(1));
+        assert_eq!(elements(&[1 << 32, 1 << 32]), None);
+        assert_eq!(extent(3, 10, 4, 2), Some(26));
+        assert_eq!(extent(0, usize::MAX, 9, 9), Some(0));
+        assert_eq!(extent((1 << 63) + 1, 2, 0, 2), None); // (rows - 1) * 2 wraps to 0
+        assert_eq!(extent(2, usize::MAX - 1, 0, 2), None);
     }
 }

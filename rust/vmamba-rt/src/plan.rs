@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::gemm::{PackedWeight, WeightType};
+use crate::memory::{elements, extent};
 use crate::variant::{Act, ScanPath};
 use crate::weights::Param;
 
@@ -290,22 +291,10 @@ impl Op {
     pub fn needs(&self) -> std::result::Result<Vec<(BufId, usize)>, String> {
         let kind = self.kind();
         let overflow = || format!("{kind} op: its sizes overflow");
-        let prod = |dims: &[usize]| -> std::result::Result<usize, String> {
-            dims.iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(overflow)
-        };
+        let prod = |dims: &[usize]| elements(dims).ok_or_else(overflow);
         // `rows` rows of `c` elements, `stride` apart, the first at `offset`.
-        let strided = |rows: usize, stride: usize, offset: usize, c: usize| {
-            if rows == 0 {
-                return Ok(0);
-            }
-            (rows - 1)
-                .checked_mul(stride)
-                .and_then(|v| v.checked_add(offset))
-                .and_then(|v| v.checked_add(c))
-                .ok_or_else(overflow)
-        };
+        let strided =
+            |rows, stride, offset, c| extent(rows, stride, offset, c).ok_or_else(overflow);
         let nonzero = |named: &[(&str, usize)]| match named.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(format!("{kind} op: {name} is 0")),
             None => Ok(()),

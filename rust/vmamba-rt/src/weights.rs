@@ -217,10 +217,7 @@ impl Weights {
 
     fn make_up(seed: u64, name: &str, shape: &[usize]) -> Result<Param> {
         let what = || format!("tensor '{name}' of shape {shape:?}");
-        let len = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::OutOfMemory(what()))?;
+        let len = crate::memory::elements(shape).ok_or_else(|| Error::OutOfMemory(what()))?;
         let mut data = crate::memory::reserve::<f32>(len, what)?;
         let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f32;
         let mut state = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {

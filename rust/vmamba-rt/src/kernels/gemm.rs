@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::simd::{Fma, Fused};
 use super::{act, SharedMut};
+use crate::memory::{elements, extent};
 use crate::variant::Act;
 
 /// Columns per panel: one 512-bit vector, two 256-bit ones, four NEON ones.
@@ -134,7 +135,11 @@ impl PackedWeight {
     /// consecutive rows of W transposed, so each is re-laid in place through a
     /// copy of that panel alone, and no second copy of W is ever made.
     pub fn from_vec(mut w: Vec<f32>, n: usize, k: usize) -> Self {
-        assert_eq!(w.len(), n * k, "pack: weight is not {n}x{k}");
+        assert_eq!(
+            Some(w.len()),
+            elements(&[n, k]),
+            "pack: weight is not {n}x{k}"
+        );
         w.resize(packed_len(n, k), 0.0); // the last panel's missing rows are zeros
         let mut rows = vec![0.0f32; NR * k]; // one panel, as rows of W
         for panel in w.chunks_mut(NR * k.max(1)) {
@@ -259,25 +264,21 @@ pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue
     let m = a.rows;
     // Checked sizes: the tiles read and write through pointers, so a product
     // that wrapped around must not pass for a small one.
-    let fits = |rows: usize, stride: usize, width: usize, len: usize| {
-        rows == 0
-            || (rows - 1)
-                .checked_mul(stride)
-                .and_then(|v| v.checked_add(width))
-                .is_some_and(|need| need <= len)
-    };
-    assert!(fits(m, a.stride, k, a.data.len()), "gemm: lhs too small");
+    let fits = |need: Option<usize>, len: usize| need.is_some_and(|need| need <= len);
+    assert!(
+        fits(extent(m, a.stride, 0, k), a.data.len()),
+        "gemm: lhs too small"
+    );
     assert!(
         k <= a.stride && n <= out.stride,
         "gemm: strides narrower than rows"
     );
     assert!(
-        NR.checked_mul(k)
-            .is_some_and(|panel| fits(n.div_ceil(NR), panel, panel, panels.len())),
+        fits(elements(&[n.div_ceil(NR), NR, k]), panels.len()),
         "gemm: panels too small"
     );
     assert!(
-        fits(m, out.stride, n, out.data.len()),
+        fits(extent(m, out.stride, 0, n), out.data.len()),
         "gemm: output too small"
     );
     assert!(ep.bias.is_none_or(|b| b.len() >= n), "gemm: bias too short");

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::math::{exp_core_with, softplus_with};
 use super::simd::{dispatch_fma, Fma};
 use super::SharedMut;
+use crate::memory::elements;
 use crate::variant::ScanPath;
 
 /// Reference selective scan, one batch element, in the official layout:
@@ -95,11 +96,7 @@ impl CrossScan<'_> {
     /// output is written through a pointer, so a product that wrapped around
     /// must not pass for a small one.
     fn check(&self) {
-        let prod = |dims: &[usize]| {
-            dims.iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .expect("scan: sizes overflow")
-        };
+        let prod = |dims: &[usize]| elements(dims).expect("scan: sizes overflow");
         let (rows, k) = (prod(&[self.batch, self.h, self.w]), self.paths.len());
         let per_pixel = self.n.checked_mul(2).and_then(|v| v.checked_add(self.r));
         assert_eq!(self.u.len(), prod(&[rows, self.di]), "u");

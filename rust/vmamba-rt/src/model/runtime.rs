@@ -150,10 +150,7 @@ impl VMamba {
                 )));
             }
         }
-        let elements = [b, c, h, w]
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d));
-        if elements.is_none_or(|n| n > isize::MAX as usize / 4) {
+        if crate::memory::elements(&shape).is_none_or(|n| n > isize::MAX as usize / 4) {
             return Err(Error::Input(format!("input shape {shape:?} is too large")));
         }
         // A plan holds its buffer sizes in usize, up to a few thousand times the pixel
