@@ -468,10 +468,14 @@ def test_ops_with_wrapping_or_oversized_sizes_are_refused():
             {"op": "layer_norm", "src": 0, "dst": 1, "rows": 2, "c": 0, "weight": None, "bias": None},
             {"op": "cross_scan", "u": 0, "xdbl": 1, "dst": 2, "b": 2**62, "h": 2, "w": 2, "di": 1, "n": 1,
              "r": 1, "paths": ["raster"], "dt_weight": 0, "dt_bias": 0, "a": 0, "d": 0},
+            # Parameters that do not fit the op once reached a kernel's assert ("internal error").
+            dict(linear, rows=2, bias=1),
+            dict(linear, rows=2, bias=7),
+            {"op": "layer_norm", "src": 0, "dst": 1, "rows": 2, "c": 2, "weight": 0, "bias": 1},
         ]
         for op in cases:
             try:
-                _native.run_op(json.dumps(op), [ones(4), ones(4), ones(4)], [ones(4)])
+                _native.run_op(json.dumps(op), [ones(4), ones(4), ones(4)], [ones(4), ones(1)])
                 print("RAN", op["op"])
             except VMambaError as e:
                 print("REFUSED", e)
@@ -481,7 +485,11 @@ def test_ops_with_wrapping_or_oversized_sizes_are_refused():
     assert refusals == ["REFUSED linear op: its sizes overflow",
                         "REFUSED linear op needs 6 values in buffer 0, which holds 4",
                         "REFUSED layer_norm op: c is 0",
-                        "REFUSED cross_scan op: its sizes overflow"], r["out"]
+                        "REFUSED cross_scan op: its sizes overflow",
+                        "REFUSED linear op: parameter 1 holds 1 values, not 2",
+                        "REFUSED linear op: parameter 7 does not exist (2 are loaded)",
+                        "REFUSED layer_norm op: parameter 0 holds 4 values, not 2"], r["out"]
+    assert "panicked" not in r["err"], r["err"]
 
 
 # 9. Outputs -----------------------------------------------------------------------------

@@ -131,8 +131,10 @@ pub(crate) fn run(
 }
 
 /// Run one op on buffers of its own (indexed by the op's buffer ids), for
-/// op-level tests. Refuses buffer ids out of range and an op that reads the
-/// buffer it writes; the kernels check sizes.
+/// op-level tests. Refuses buffer ids out of range, an op that reads the buffer
+/// it writes, buffers shorter than the op's sizes need and parameters that are
+/// missing or not what the op reads, each by a typed error; the op sees each
+/// buffer cut to what it needs, as in a plan.
 pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
     if let Some(bad) = op.buffers().into_iter().find(|&id| id >= buffers.len()) {
         return Err(Error::Usage(format!("op names buffer {bad}, out of range")));
@@ -140,18 +142,25 @@ pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
     if op.aliases() {
         return Err(Error::Usage("op reads the buffer it writes".into()));
     }
+    let kind = op.kind();
+    let mut used = vec![0; buffers.len()];
     for (id, need) in op.needs().map_err(Error::Usage)? {
         let has = buffers[id].len();
         if has < need {
             return Err(Error::Usage(format!(
-                "{} op needs {need} values in buffer {id}, which holds {has}",
-                op.kind()
+                "{kind} op needs {need} values in buffer {id}, which holds {has}"
             )));
         }
+        used[id] = used[id].max(need);
+    }
+    for (id, need) in op.param_needs().map_err(Error::Usage)? {
+        ps.check(id, need)
+            .map_err(|e| Error::Usage(format!("{kind} op: {e}")))?;
     }
     let at = buffers
         .iter_mut()
-        .map(|b| (b.as_mut_ptr(), b.len()))
+        .zip(used)
+        .map(|(b, n)| (b.as_mut_ptr(), n))
         .collect();
     step(op, Act::None, ps, &Buffers { at });
     Ok(())
@@ -440,4 +449,116 @@ fn patch_merge(x: &[f32], b: usize, h: usize, w: usize, c: usize, out: &mut [f32
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Outputs;
+    use crate::plan::ParamNeed;
+
+    fn small_model(forward: &str) -> crate::VMamba {
+        let mut cfg = crate::Config::preset("vmamba-tiny-s1l8").unwrap();
+        (cfg.dims, cfg.depths) = (16, vec![1, 1, 1, 1]);
+        cfg.forward_type = forward.into();
+        crate::VMamba::random(cfg, 0).unwrap()
+    }
+
+    /// Every op of a plan, given buffers longer than it needs, runs as it does in
+    /// the plan (its kernels see the lengths they expect) and fills what it writes.
+    #[test]
+    fn run_op_takes_buffers_longer_than_needed() {
+        for forward in ["v05_noz", "v052dc", "v05_onsoftmax"] {
+            let model = small_model(forward);
+            let plan = model.plan([1, 3, 64, 48], Outputs::Logits).unwrap();
+            for op in &plan.ops {
+                let mut bufs = vec![Vec::new(); plan.buffers.len()];
+                for (id, need) in op.needs().unwrap() {
+                    bufs[id] = vec![0.5; need + 7];
+                }
+                // NaN where the op must not write, and where it must (unless it reads its output).
+                let need = op.needs().unwrap();
+                let (w, wrote) = *need.iter().find(|(id, _)| *id == op.written()).unwrap();
+                let in_place = matches!(
+                    op,
+                    Op::Act { .. }
+                        | Op::AddParam { .. }
+                        | Op::Linear {
+                            accumulate: true,
+                            ..
+                        }
+                );
+                let from = if in_place { wrote } else { 0 };
+                bufs[w][from..].fill(f32::NAN);
+                run_op(op, model.params(), &mut bufs).unwrap();
+                assert!(bufs[w][..wrote].iter().all(|v| v.is_finite()), "{op:?}");
+                assert!(
+                    bufs[w][wrote..].iter().all(|v| v.is_nan()),
+                    "{op:?} wrote past its size"
+                );
+            }
+        }
+    }
+
+    /// A parameter that is missing, of the wrong length or of the wrong kind is a
+    /// typed error naming it, before any kernel runs.
+    #[test]
+    fn run_op_refuses_parameters_that_do_not_fit() {
+        let model = small_model("v05_noz");
+        let ps = model.params();
+        let plan = model.plan([1, 3, 64, 64], Outputs::Logits).unwrap();
+        let linear = plan
+            .ops
+            .iter()
+            .find(|op| matches!(op, Op::Linear { bias: Some(_), .. }))
+            .unwrap();
+        let Op::Linear { weight, bias, .. } = linear.clone() else {
+            unreachable!()
+        };
+        let bias = bias.unwrap();
+        // A plain parameter of another length than this op's bias.
+        let table = ps.table();
+        let len = |i: usize| table[i].2.iter().product::<usize>();
+        let other = (0..table.len())
+            .find(|&i| ps.check(i, ParamNeed::Values(len(i))).is_ok() && len(i) != len(bias))
+            .unwrap();
+        let with = |weight, bias| match linear.clone() {
+            Op::Linear {
+                src,
+                dst,
+                rows,
+                inp,
+                out,
+                accumulate,
+                ..
+            } => Op::Linear {
+                src,
+                dst,
+                rows,
+                inp,
+                out,
+                weight,
+                bias: Some(bias),
+                accumulate,
+            },
+            _ => unreachable!(),
+        };
+        let missing = ps.table().len();
+        for (op, says) in [
+            (with(weight, other), "values, not"),
+            (with(weight, weight), "is a linear weight"),
+            (with(other, bias), "is not a linear weight"),
+            (
+                with(missing, bias),
+                &format!("parameter {missing} does not exist")[..],
+            ),
+        ] {
+            let mut bufs = vec![Vec::new(); plan.buffers.len()];
+            for (id, need) in op.needs().unwrap() {
+                bufs[id] = vec![0.0; need];
+            }
+            let err = run_op(&op, ps, &mut bufs).unwrap_err().to_string();
+            assert!(err.contains("linear op: ") && err.contains(says), "{err}");
+        }
+    }
 }

@@ -470,6 +470,73 @@ impl Op {
         })
     }
 
+    /// The parameters the op reads and what each must be, as (parameter, need).
+    /// Errs, naming the op, where the sizes overflow.
+    pub fn param_needs(&self) -> std::result::Result<Vec<(ParamId, ParamNeed)>, String> {
+        let kind = self.kind();
+        let values = |dims: &[usize]| {
+            elements(dims)
+                .map(ParamNeed::Values)
+                .ok_or_else(|| format!("{kind} op: its sizes overflow"))
+        };
+        use Op::*;
+        let mut v = Vec::new();
+        match *self {
+            Linear {
+                out,
+                inp,
+                weight,
+                bias,
+                ..
+            } => {
+                v.push((weight, ParamNeed::Linear { out, inp }));
+                v.extend(bias.map(|b| (b, ParamNeed::Values(out))));
+            }
+            AddParam { len, param, .. } => v.push((param, ParamNeed::Values(len))),
+            LayerNorm {
+                c, weight, bias, ..
+            } => v.extend(
+                weight
+                    .into_iter()
+                    .chain(bias)
+                    .map(|p| (p, ParamNeed::Values(c))),
+            ),
+            DwConvAct {
+                c, k, weight, bias, ..
+            } => {
+                v.push((weight, values(&[k, k, c])?));
+                v.extend(bias.map(|b| (b, ParamNeed::Values(c))));
+            }
+            CrossScan {
+                di,
+                n,
+                r,
+                ref paths,
+                dt_weight,
+                dt_bias,
+                a,
+                d,
+                ..
+            } => {
+                let k = paths.len();
+                v.push((dt_weight, values(&[k, di, r])?));
+                v.push((dt_bias, values(&[k, di])?));
+                v.push((a, values(&[k, di, n])?));
+                v.push((d, values(&[k, di])?));
+            }
+            ToChannelsLast { .. }
+            | Im2col { .. }
+            | Act { .. }
+            | Pointwise { .. }
+            | SpatialSoftmax { .. }
+            | TransposeHw { .. }
+            | PatchMerge { .. }
+            | MeanPool { .. }
+            | ToChannelsFirst { .. } => {}
+        }
+        Ok(v)
+    }
+
     /// True when the op writes a buffer it also names in another field: the
     /// engines give each field its own slice, so a plan never holds such an op.
     pub fn aliases(&self) -> bool {
@@ -620,6 +687,20 @@ impl Builder {
     }
 }
 
+/// What an op reads of one parameter ([`Op::param_needs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamNeed {
+    /// A plain parameter of this many elements.
+    Values(usize),
+    /// A linear op's weight, (out, inp), packed for the GEMM.
+    Linear {
+        /// Rows of the weight: the op's output features.
+        out: usize,
+        /// Columns: its input features.
+        inp: usize,
+    },
+}
+
 /// The model's parameters, by id, each in the layout its op reads (conv weights
 /// as (Cout, k*k*Cin) in im2col order, depthwise weights tap-major (k*k, C),
 /// `A = -exp(A_logs)`, the weights of linear ops packed for the CPU's GEMM),
@@ -662,6 +743,35 @@ impl Params {
         self.dtypes.push(dtype);
         self.slots.push(slot);
         self.slots.len() - 1
+    }
+
+    /// Whether parameter `id` exists and is what an op needs of it; the error
+    /// names the parameter.
+    pub fn check(&self, id: ParamId, need: ParamNeed) -> std::result::Result<(), String> {
+        let Some(slot) = self.slots.get(id) else {
+            return Err(format!(
+                "parameter {id} does not exist ({} are loaded)",
+                self.slots.len()
+            ));
+        };
+        let name = &self.names[id];
+        match (slot, need) {
+            (Slot::Packed { w, .. }, ParamNeed::Linear { out, inp }) if w.shape() != (out, inp) => {
+                let (n, k) = w.shape();
+                Err(format!("linear weight {name} is {n}x{k}, not {out}x{inp}"))
+            }
+            (Slot::Dense(p), ParamNeed::Values(n)) if p.data().len() != n => Err(format!(
+                "parameter {name} holds {} values, not {n}",
+                p.data().len()
+            )),
+            (Slot::Dense(_), ParamNeed::Linear { .. }) => {
+                Err(format!("parameter {name} is not a linear weight"))
+            }
+            (Slot::Packed { .. }, ParamNeed::Values(_)) => Err(format!(
+                "parameter {name} is a linear weight, packed for the GEMM"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The elements of a parameter that is not a linear weight.
@@ -737,7 +847,7 @@ mod tests {
     /// no more of a buffer than the plan gives it, for every op the released
     /// architectures and the official variants' settings emit.
     #[test]
-    fn ops_name_their_json_tag_and_fit_their_buffers() {
+    fn ops_name_their_json_tag_and_fit_their_buffers_and_params() {
         let mut seen = std::collections::BTreeSet::new();
         for (preset, forward) in [
             ("vanilla-vmamba-tiny", None),
@@ -761,6 +871,9 @@ mod tests {
                     seen.insert(op.kind());
                     for (id, need) in op.needs().unwrap() {
                         assert!(need <= plan.buffers[id].len, "{op:?}: buffer {id}");
+                    }
+                    for (id, need) in op.param_needs().unwrap() {
+                        model.params().check(id, need).unwrap();
                     }
                 }
             }
