@@ -116,11 +116,10 @@ impl CrossScan<'_> {
     }
 }
 
-/// A path's walk through the pixel grid as `lines` runs of `len` steps: run `i`
-/// starts at pixel `start + i * line_step` and moves by `step`. With `mirror`,
-/// the output of the step at pixel p lands on pixel H*W-1-p.
+/// A path's walk through the pixel grid as runs of `len` steps (H*W in all):
+/// run `i` starts at pixel `start + i * line_step` and moves by `step`. With
+/// `mirror`, the output of the step at pixel p lands on pixel H*W-1-p.
 struct Walk {
-    lines: usize,
     len: usize,
     start: isize,
     line_step: isize,
@@ -131,16 +130,15 @@ struct Walk {
 impl Walk {
     fn new(path: ScanPath, h: usize, w: usize) -> Self {
         let (hw, hi, wi) = ((h * w) as isize, h as isize, w as isize);
-        let (lines, len, start, line_step, step) = match path {
-            ScanPath::Raster => (1, h * w, 0, 0, 1),
-            ScanPath::Transposed => (w, h, 0, 1, wi),
-            ScanPath::RasterRev | ScanPath::RasterRevUnflipped => (1, h * w, hw - 1, 0, -1),
-            ScanPath::TransposedRev => (w, h, hw - 1, -1, -wi),
-            ScanPath::Rot90 => (w, h, wi - 1, -1, wi),
-            ScanPath::Rot270 => (w, h, (hi - 1) * wi, 1, -wi),
+        let (len, start, line_step, step) = match path {
+            ScanPath::Raster => (h * w, 0, 0, 1),
+            ScanPath::Transposed => (h, 0, 1, wi),
+            ScanPath::RasterRev | ScanPath::RasterRevUnflipped => (h * w, hw - 1, 0, -1),
+            ScanPath::TransposedRev => (h, hw - 1, -1, -wi),
+            ScanPath::Rot90 => (h, wi - 1, -1, wi),
+            ScanPath::Rot270 => (h, (hi - 1) * wi, 1, -wi),
         };
         Walk {
-            lines,
             len,
             start,
             line_step,
@@ -181,12 +179,16 @@ fn step<F: Fma>(
 ) -> [f32; LANES] {
     let (n, r) = (h.len(), c.wdt.len());
     let (dtr, bc) = proj.split_at(r);
-    let mut dr = [0.0f32; LANES];
-    for (&x, w) in dtr.iter().zip(&c.wdt) {
-        for i in 0..LANES {
-            dr[i] = F::fma(x, w[i], dr[i]);
+    // Even and odd terms in two sums: half the chain of dependent multiply-adds (see `scan_pair`).
+    let mut dr = [[0.0f32; LANES]; 2];
+    for (x, w) in dtr.chunks(2).zip(c.wdt.chunks(2)) {
+        for (q, (&x, w)) in x.iter().zip(w).enumerate() {
+            for i in 0..LANES {
+                dr[q][i] = F::fma(x, w[i], dr[q][i]);
+            }
         }
     }
+    let dr: [f32; LANES] = std::array::from_fn(|i| dr[0][i] + dr[1][i]);
     let mut dt = [0.0f32; LANES];
     let mut du = [0.0f32; LANES];
     let mut acc = [0.0f32; LANES];
@@ -238,22 +240,153 @@ fn scan_block<F: Fma, const FULL: bool>(
     let u_img = &s.u[img * hw * di + d0..];
     let proj_img = &s.xdbl[img * hw * xs + k * (s.r + 2 * n)..];
     let walk = Walk::new(s.paths[k], s.h, s.w);
-    for line in 0..walk.lines {
-        let mut p = walk.start + line as isize * walk.line_step;
-        for _ in 0..walk.len {
-            let pu = p as usize;
-            let u = load::<FULL>(&u_img[pu * di..], nc);
-            let acc = step::<F>(&u, &proj_img[pu * xs..][..s.r + 2 * n], &consts, &mut h);
-            let pw = if walk.mirror { hw - 1 - pu } else { pu };
+    let mut cursor = Cursor::new(&walk);
+    for _ in 0..hw {
+        let pu = cursor.advance();
+        let u = load::<FULL>(&u_img[pu * di..], nc);
+        let acc = step::<F>(&u, &proj_img[pu * xs..][..s.r + 2 * n], &consts, &mut h);
+        let pw = if walk.mirror { hw - 1 - pu } else { pu };
+        // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
+        // caller), and the index is inside y because pw < H*W.
+        unsafe {
+            let out = y.0.add((img * hw + pw) * di + d0);
+            for (i, v) in acc.iter().enumerate().take(if FULL { LANES } else { nc }) {
+                *out.add(i) += v;
+            }
+        }
+    }
+}
+
+/// Where a walk is: the pixel it is at, its step along the line, its line.
+struct Cursor<'w> {
+    walk: &'w Walk,
+    pixel: isize,
+    step: usize,
+    line: usize,
+}
+
+impl<'w> Cursor<'w> {
+    fn new(walk: &'w Walk) -> Self {
+        Cursor {
+            walk,
+            pixel: walk.start,
+            step: 0,
+            line: 0,
+        }
+    }
+
+    /// The pixel the walk is at, moving it on to the next.
+    #[inline(always)]
+    fn advance(&mut self) -> usize {
+        let here = self.pixel as usize;
+        self.step += 1;
+        if self.step == self.walk.len {
+            (self.step, self.line) = (0, self.line + 1);
+            self.pixel = self.walk.start + self.line as isize * self.walk.line_step;
+        } else {
+            self.pixel += self.walk.step;
+        }
+        here
+    }
+}
+
+/// Directions `scan_pair` walks side by side.
+const PAIR: usize = 2;
+
+/// `scan_block` for d_state 1 (the v2 models), two directions `k0` and `k0 + 1`
+/// side by side. A step is one long chain of dependent operations (projection,
+/// softplus, exp, the state's update) that the CPU cannot start the next step
+/// early enough to overlap, so the chain sets the speed; two directions in one
+/// loop give it two independent chains to interleave, and the projection's even
+/// and odd terms go in two sums (R is 48 in the last stage). Everything is
+/// computed before anything is stored, in local arrays, so that the compiler
+/// keeps it in registers.
+#[inline(always)]
+fn scan_pair<F: Fma, const FULL: bool>(
+    s: &CrossScan,
+    img: usize,
+    d0: usize,
+    nc: usize,
+    k0: usize,
+    y: SharedMut,
+) {
+    let (di, r, hw) = (s.di, s.r, s.h * s.w);
+    let xs = s.paths.len() * (r + 2);
+    let mut wdt = vec![[[0.0f32; LANES]; PAIR]; r]; // (R, direction, lanes)
+    let mut a = [[0.0f32; LANES]; PAIR];
+    let mut dskip = [[0.0f32; LANES]; PAIR];
+    let mut bias = [[0.0f32; LANES]; PAIR];
+    for q in 0..PAIR {
+        let ch0 = (k0 + q) * di + d0;
+        dskip[q] = load::<FULL>(&s.d[ch0..], nc);
+        bias[q] = load::<FULL>(&s.bias[ch0..], nc);
+        for i in 0..nc {
+            a[q][i] = s.a[ch0 + i];
+            for (j, w) in wdt.iter_mut().enumerate() {
+                w[q][i] = s.dt_weight[(ch0 + i) * r + j];
+            }
+        }
+    }
+    let walks: [Walk; PAIR] = std::array::from_fn(|q| Walk::new(s.paths[k0 + q], s.h, s.w));
+    let mut cursors = walks.each_ref().map(Cursor::new);
+    let mut h = [[0.0f32; LANES]; PAIR];
+    let u_img = &s.u[img * hw * di + d0..];
+    let proj_img = &s.xdbl[img * hw * xs..];
+    for _ in 0..hw {
+        let pixels = cursors.each_mut().map(Cursor::advance);
+        let u: [[f32; LANES]; PAIR] =
+            std::array::from_fn(|q| load::<FULL>(&u_img[pixels[q] * di..], nc));
+        // Each direction's dt (R), B and C at its pixel.
+        let proj: [&[f32]; PAIR] =
+            std::array::from_fn(|q| &proj_img[pixels[q] * xs + (k0 + q) * (r + 2)..][..r + 2]);
+        let mut even = [[0.0f32; LANES]; PAIR];
+        let mut odd = [[0.0f32; LANES]; PAIR];
+        for (j, w) in wdt.chunks_exact(2).enumerate() {
+            for q in 0..PAIR {
+                let (x0, x1) = (proj[q][2 * j], proj[q][2 * j + 1]);
+                for i in 0..LANES {
+                    even[q][i] = F::fma(x0, w[0][q][i], even[q][i]);
+                    odd[q][i] = F::fma(x1, w[1][q][i], odd[q][i]);
+                }
+            }
+        }
+        if r % 2 == 1 {
+            for q in 0..PAIR {
+                let x = proj[q][r - 1];
+                for i in 0..LANES {
+                    even[q][i] = F::fma(x, wdt[r - 1][q][i], even[q][i]);
+                }
+            }
+        }
+        let mut acc = [[0.0f32; LANES]; PAIR];
+        for q in 0..PAIR {
+            let (bv, cv) = (proj[q][r], proj[q][r + 1]);
+            for i in 0..LANES {
+                let dt = softplus_with::<F>(even[q][i] + odd[q][i] + bias[q][i]);
+                // dt >= 0 and A < 0: the argument is never positive.
+                let decay = exp_core_with::<F>(dt * a[q][i]);
+                h[q][i] = F::fma(decay, h[q][i], dt * u[q][i] * bv);
+                acc[q][i] = F::fma(h[q][i], cv, dskip[q][i] * u[q][i]);
+            }
+        }
+        for q in 0..PAIR {
+            let pw = if walks[q].mirror {
+                hw - 1 - pixels[q]
+            } else {
+                pixels[q]
+            };
             // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
             // caller), and the index is inside y because pw < H*W.
             unsafe {
                 let out = y.0.add((img * hw + pw) * di + d0);
-                for (i, v) in acc.iter().enumerate().take(if FULL { LANES } else { nc }) {
+                for (i, v) in acc[q]
+                    .iter()
+                    .enumerate()
+                    .take(if FULL { LANES } else { nc })
+                {
                     *out.add(i) += v;
                 }
             }
-            p += walk.step;
         }
     }
 }
@@ -261,7 +394,21 @@ fn scan_block<F: Fma, const FULL: bool>(
 #[inline(always)]
 fn scan_task<F: Fma>(s: &CrossScan, img: usize, d0: usize, y: SharedMut) {
     let nc = (s.di - d0).min(LANES);
-    for k in 0..s.paths.len() {
+    // d_state 1: directions in pairs; any other d_state (whose states give the
+    // CPU independent chains already), and an odd direction out, one at a time.
+    let paired = if s.n == 1 {
+        s.paths.len() / PAIR * PAIR
+    } else {
+        0
+    };
+    for k0 in (0..paired).step_by(PAIR) {
+        if nc == LANES {
+            scan_pair::<F, true>(s, img, d0, nc, k0, y);
+        } else {
+            scan_pair::<F, false>(s, img, d0, nc, k0, y);
+        }
+    }
+    for k in paired..s.paths.len() {
         if nc == LANES {
             scan_block::<F, true>(s, img, d0, nc, k, y);
         } else {
@@ -392,6 +539,14 @@ mod tests {
     fn fused_scan_matches_reference_d_state_1() {
         check(2, 5, 7, 40, 1, 3);
         check(1, 8, 8, 16, 1, 1);
+        check(1, 4, 6, 20, 1, 4);
+        // An odd number of directions: two side by side, the third alone.
+        let three = [
+            ScanPath::Raster,
+            ScanPath::Transposed,
+            ScanPath::RasterRevUnflipped,
+        ];
+        check_paths(&three, 2, 3, 5, 24, 1, 2);
     }
 
     #[test]
