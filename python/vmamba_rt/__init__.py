@@ -94,8 +94,10 @@ def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: s
     (default: all cores). ``out_indices`` picks the stages ``features`` returns.
 
     The model keeps its own copy of the weights (re-laid out for its kernels)
-    and never reads the file again. ``mmap=True`` maps the file while loading
-    instead of reading it into a buffer."""
+    and never reads the file again; each tensor is read from the file when the
+    model asks for it, so loading never holds the file's bytes besides that
+    copy. ``mmap=True`` maps the file while loading instead (its pages count
+    toward the process's memory until the load ends)."""
     check_device(device, dtype)  # before any download
     path = resolve(path, download=download, convert=convert)
     return Model(path, device=device, dtype=dtype, num_threads=num_threads, mmap=mmap, out_indices=out_indices)

@@ -100,17 +100,15 @@ impl Model {
         mmap: bool,
         weights: &str,
     ) -> PyResult<Self> {
-        let weights = weight_type(weights)?;
+        let options = vmamba_rt::model::LoadOptions {
+            mmap,
+            weight_type: weight_type(weights)?,
+        };
         detached(py, || {
-            let mut inner = if mmap {
-                VMamba::load_mmap(&path)?
-            } else {
-                VMamba::load(&path)?
-            };
+            let mut inner = VMamba::load_with(&path, options)?;
             if let Some(n) = num_threads {
                 inner.set_num_threads(n)?;
             }
-            inner.set_weight_type(weights);
             Ok(Model { inner })
         })
     }

@@ -711,6 +711,8 @@ pub struct Params {
     names: Vec<String>,
     dtypes: Vec<DType>,
     slots: Vec<Slot>,
+    /// How linear weights are stored as they are added.
+    linear_type: WeightType,
 }
 
 #[derive(Debug)]
@@ -725,16 +727,26 @@ enum Slot {
 }
 
 impl Params {
+    /// No parameters yet; linear weights will be stored as `linear_type`.
+    pub fn new(linear_type: WeightType) -> Self {
+        Params {
+            linear_type,
+            ..Params::default()
+        }
+    }
+
     /// Register a parameter.
     pub fn add(&mut self, name: &str, param: Param, dtype: DType) -> ParamId {
         self.push(name, dtype, Slot::Dense(param.into_owned()))
     }
 
     /// Register the weight of a linear op, read as (n, k): packed for the GEMM
-    /// (in the tensor's own buffer when nothing else holds it).
+    /// (in the tensor's own buffer when nothing else holds it), then stored as
+    /// the linear type (one weight at a time: the f32 copies of all never exist
+    /// at once).
     pub fn add_linear(&mut self, name: &str, param: Param, n: usize, k: usize) -> ParamId {
         let shape = param.shape().to_vec();
-        let w = PackedWeight::from_vec(param.into_vec(), n, k);
+        let w = PackedWeight::from_vec(param.into_vec(), n, k).to_type(self.linear_type);
         self.push(name, DType::Act, Slot::Packed { shape, w })
     }
 
@@ -808,11 +820,17 @@ impl Params {
     /// How the linear weights are stored: re-rounds them to bf16, or widens
     /// them back to f32 (which does not restore what bf16 dropped).
     pub fn set_weight_type(&mut self, to: WeightType) {
-        for slot in &mut self.slots {
-            if let Slot::Packed { w, .. } = slot {
-                *w = w.to_type(to);
-            }
-        }
+        self.linear_type = to;
+        self.slots = std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Packed { shape, w } => Slot::Packed {
+                    shape,
+                    w: w.to_type(to),
+                },
+                dense => dense,
+            })
+            .collect();
     }
 
     /// (name, dtype, shape) of every parameter, by id.

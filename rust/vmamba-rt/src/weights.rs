@@ -1,10 +1,12 @@
 //! Converted weights: a safetensors file whose header metadata carries the
-//! architecture. The file is read into memory once (or, on request, memory-mapped);
-//! tensors are borrowed in place when the bytes allow (F32, 4-byte aligned), and
-//! every lookup checks the name and the shape.
+//! architecture. The header is read at open, each tensor from the file when it
+//! is asked for, into memory of its own (so a model being built never holds the
+//! file's bytes besides its own copy); on request the file is memory-mapped
+//! instead, and tensors are borrowed in place when the bytes allow (F32, 4-byte
+//! aligned). Every lookup checks the name and the shape.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use safetensors::{Dtype, SafeTensors};
@@ -13,27 +15,34 @@ use crate::error::{Error, Result};
 
 pub use crate::format::META_CONFIG;
 
-/// Backing bytes of a weights file.
+/// Where a weights file's tensors are read from.
 enum Storage {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
+    /// The open file: each tensor is read when asked for.
+    File {
+        file: Mutex<std::fs::File>,
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self {
-            Storage::Mapped(_) => "mapped",
-            Storage::Owned(_) => "in memory",
-        };
-        write!(f, "<{} bytes {kind}>", self.bytes().len())
+        match self {
+            Storage::Mapped(m) => write!(f, "<{} bytes mapped>", m.len()),
+            Storage::Owned(v) => write!(f, "<{} bytes in memory>", v.len()),
+            Storage::File { path, .. } => write!(f, "<{}, read by tensor>", path.display()),
+        }
     }
 }
 
 impl Storage {
+    /// The file's bytes, where they are in memory.
     fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mapped(m) => m,
             Storage::Owned(v) => v,
+            Storage::File { .. } => &[],
         }
     }
 }
@@ -135,20 +144,67 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Read a safetensors file into memory. The model then owns its weights:
-    /// later changes to the file (rewritten, truncated) cannot affect it.
+    /// Open a safetensors file and read its header; each tensor is read from
+    /// the file when asked for, into memory of its own. A model built from it
+    /// owns its weights: later changes to the file cannot affect it, and at no
+    /// time does it hold the file's bytes besides its own copy. A file cut short
+    /// after the header was read fails the read of a tensor with a typed error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         use std::io::Read;
         let path = path.as_ref();
         let mut file = open_regular(path)?;
-        let len = file.metadata().map_err(|e| io_error(path, e))?.len();
-        let mut bytes =
-            crate::memory::reserve::<u8>(usize::try_from(len).unwrap_or(usize::MAX), || {
-                format!("reading {}", path.display())
-            })?;
-        file.read_to_end(&mut bytes)
+        let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
+        let format = |reason: &str| Error::Format {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        };
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| format("shorter than a safetensors header"))?;
+        // The header's size is checked against the file's before it is allocated.
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER || n > file_len - 8 {
+            return Err(format(&format!(
+                "header of {n} bytes in a file of {file_len}"
+            )));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
             .map_err(|e| io_error(path, e))?;
-        Self::from_storage(Storage::Owned(bytes), &path.display().to_string())
+        // Parsing validates the offsets: in order, contiguous, each the size of its tensor.
+        let meta: safetensors::tensor::Metadata =
+            serde_json::from_slice(&header).map_err(|e| format(&e.to_string()))?;
+        let data_start = 8 + n as usize;
+        if (data_start as u64).checked_add(meta.data_len() as u64) != Some(file_len) {
+            return Err(format(&format!(
+                "the header describes {} bytes of tensors, the file holds {}",
+                meta.data_len(),
+                file_len - data_start as u64
+            )));
+        }
+        let entries = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + info.data_offsets.0,
+                };
+                (name, entry)
+            })
+            .collect();
+        let storage = Storage::File {
+            file: Mutex::new(file),
+            path: path.to_path_buf(),
+        };
+        Ok(Weights {
+            synthetic: None,
+            file: Arc::new(storage),
+            entries,
+            metadata: meta.metadata().clone().unwrap_or_default(),
+            used: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Memory-map a safetensors file: no copy, and pages are read only when used.
@@ -293,6 +349,10 @@ impl Weights {
             .expect("weights lock")
             .insert(name.to_string(), shape.to_vec());
         let len: usize = shape.iter().product();
+        if let Storage::File { file, path } = &*self.file {
+            let data = read_tensor(file, path, name, e, len)?;
+            return Ok(Param::owned(data, shape.to_vec()));
+        }
         let bytes = &self.file.bytes()[e.start..];
         let data = match e.dtype {
             Dtype::F32
@@ -358,6 +418,57 @@ impl Weights {
     }
 }
 
+/// The largest header read, as the safetensors crate allows.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Tensor `name` (`len` elements, at `e`) read from the file and widened to f32.
+fn read_tensor(
+    file: &Mutex<std::fs::File>,
+    path: &Path,
+    name: &str,
+    e: &Entry,
+    len: usize,
+) -> Result<Vec<f32>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let what = || format!("tensor '{name}' of {}", path.display());
+    let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+    file.seek(SeekFrom::Start(e.start as u64))
+        .map_err(|err| io_error(path, err))?;
+    let mut read = |bytes: &mut [u8]| file.read_exact(bytes).map_err(|err| io_error(path, err));
+    // The header's offsets were checked against the file's size: len fits in it.
+    let mut data = crate::memory::reserve::<f32>(len, what)?;
+    match e.dtype {
+        Dtype::F32 => {
+            data.resize(len, 0.0);
+            read(bytemuck::cast_slice_mut(&mut data))?;
+            if cfg!(target_endian = "big") {
+                data.iter_mut()
+                    .for_each(|v| *v = f32::from_le_bytes(v.to_ne_bytes()));
+            }
+        }
+        Dtype::F16 | Dtype::BF16 => {
+            let mut half = crate::memory::reserve::<u8>(2 * len, what)?;
+            half.resize(2 * len, 0);
+            read(&mut half)?;
+            let bits = half
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]));
+            if e.dtype == Dtype::F16 {
+                data.extend(bits.map(f16_to_f32));
+            } else {
+                data.extend(bits.map(|h| f32::from_bits((h as u32) << 16)));
+            }
+        }
+        other => {
+            return Err(Error::Dtype {
+                name: name.into(),
+                dtype: format!("{other:?}"),
+            })
+        }
+    }
+    Ok(data)
+}
+
 fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
@@ -402,6 +513,104 @@ fn f16_to_f32(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A safetensors file in this test's own temporary folder.
+    fn write_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmamba-rt-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn sample() -> Vec<u8> {
+        use safetensors::tensor::TensorView;
+        let a: Vec<u8> = [1.5f32, -2.0, 3.25, 0.0, 1e-3, -7.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let b: Vec<u8> = [0x3c00u16, 0xc000, 0x0001, 0x7bff]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let c: Vec<u8> = [0x3fc0u16, 0xbf80]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let tensors = [
+            ("a", TensorView::new(Dtype::F32, vec![2, 3], &a).unwrap()),
+            ("b", TensorView::new(Dtype::F16, vec![4], &b).unwrap()),
+            ("c", TensorView::new(Dtype::BF16, vec![2], &c).unwrap()),
+        ];
+        let meta = HashMap::from([("k".to_string(), "v".to_string())]);
+        safetensors::serialize(tensors, Some(meta)).unwrap()
+    }
+
+    /// Tensors read one by one from the file are those the whole file in memory
+    /// gives, each in memory of its own.
+    #[test]
+    fn reads_each_tensor_from_the_file() {
+        let bytes = sample();
+        let path = write_file("sample.safetensors", &bytes);
+        let (file, memory) = (
+            Weights::open(&path).unwrap(),
+            Weights::from_bytes(bytes).unwrap(),
+        );
+        assert_eq!(file.metadata()["k"], "v");
+        for (name, shape) in [("a", vec![2, 3]), ("b", vec![4]), ("c", vec![2])] {
+            let got = file.get(name, &shape).unwrap();
+            assert!(!got.is_in_file());
+            assert_eq!(
+                got.data(),
+                memory.get(name, &shape).unwrap().data(),
+                "{name}"
+            );
+        }
+        assert_eq!(file.get("c", &[2]).unwrap().data(), [1.5, -1.0]);
+        assert!(matches!(
+            file.get("a", &[3, 2]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        file.check_all_used().unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// Files that are not what their header says are refused by name, before
+    /// anything of their size is allocated; a file cut short after its header
+    /// was read fails the read of the tensor it lost.
+    #[test]
+    fn refuses_files_that_do_not_hold_what_their_header_says() {
+        let bytes = sample();
+        let n = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut huge = bytes.clone();
+        huge[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        for (name, content) in [
+            ("short.safetensors", &bytes[..5]),
+            ("huge.safetensors", &huge[..]),
+            ("cut.safetensors", &bytes[..bytes.len() - 1]),
+            ("header.safetensors", &bytes[..n - 1]),
+        ] {
+            let path = write_file(name, content);
+            match Weights::open(&path) {
+                Err(Error::Format { path: p, .. }) => assert!(p.ends_with(name)),
+                other => panic!("{name}: {other:?}"),
+            }
+            std::fs::remove_file(path).unwrap();
+        }
+        let path = write_file("shrinks.safetensors", &bytes);
+        let w = Weights::open(&path).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(n as u64 + 4)
+            .unwrap();
+        match w.get("c", &[2]) {
+            Err(Error::Io { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(path).unwrap();
+    }
 
     #[test]
     fn half_conversion() {

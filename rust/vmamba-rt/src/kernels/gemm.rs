@@ -22,9 +22,10 @@ use crate::variant::Act;
 pub const NR: usize = 16;
 
 /// How a packed weight stores its values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightType {
     /// IEEE single precision.
+    #[default]
     F32,
     /// bfloat16: f32 rounded to 8 bits of mantissa (to nearest, ties to even).
     Bf16,
@@ -124,11 +125,7 @@ impl std::fmt::Debug for PackedWeight {
 impl PackedWeight {
     /// Pack a copy of W (n, k), row-major, stored as `dtype`.
     pub fn new(w: &[f32], n: usize, k: usize, dtype: WeightType) -> Self {
-        let packed = Self::from_vec(w.to_vec(), n, k);
-        match dtype {
-            WeightType::F32 => packed,
-            _ => packed.to_type(dtype),
-        }
+        Self::from_vec(w.to_vec(), n, k).to_type(dtype)
     }
 
     /// Pack W (n, k), row-major, in its own buffer (f32): a panel is 16
@@ -170,18 +167,19 @@ impl PackedWeight {
         }
     }
 
-    /// The same weight stored as `to` (the panels' layout does not depend on it).
-    pub fn to_type(&self, to: WeightType) -> Self {
-        let panels = match (&self.panels, to) {
+    /// The same weight stored as `to` (the panels' layout does not depend on it;
+    /// nothing is copied when it is stored so already).
+    pub fn to_type(self, to: WeightType) -> Self {
+        let panels = match (self.panels, to) {
             (Panels::F32(p), WeightType::Bf16) => {
                 Panels::Bf16(p.iter().map(|&v| Bf16::from_f32(v)).collect())
             }
             (Panels::Bf16(p), WeightType::F32) => {
                 Panels::F32(p.iter().map(|v| v.to_f32()).collect())
             }
-            (same, _) => same.clone(),
+            (same, _) => same,
         };
-        PackedWeight { panels, ..*self }
+        PackedWeight { panels, ..self }
     }
 
     /// W back as (N, K) row-major f32 (bf16 values widened).

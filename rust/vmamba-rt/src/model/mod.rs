@@ -20,11 +20,34 @@ use stem::Stem;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::Workspaces;
+use crate::kernels::gemm::WeightType;
 use crate::plan::{Builder, DType, Op, Outputs, ParamId, Params, Plan};
 use crate::weights::Param;
 use crate::weights::{Weights, META_CONFIG};
 
 pub use crate::format::META_LABELS;
+
+/// Return the memory loading freed to the system. Each tensor is read into a
+/// buffer of its own, packed, and (as bf16) copied and freed; glibc's allocator
+/// keeps such freed blocks in its heap once its threshold for mapping blocks of
+/// their own has risen (it rises as large blocks are freed): about a tenth of
+/// the model (bf16, vmamba-tiny-s1l8) stayed with the process.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How [`VMamba::load_with`] reads a file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Map the file instead of reading it tensor by tensor (see [`Weights::open_mmap`]).
+    pub mmap: bool,
+    /// How the linear layers' weights are stored (see [`VMamba::set_weight_type`]).
+    pub weight_type: WeightType,
+}
 
 /// Environment variable that sets the number of worker threads (default: all cores).
 pub const THREADS_ENV: &str = "VMAMBA_RT_NUM_THREADS";
@@ -78,19 +101,41 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        Self::from_file(path, Weights::open(path)?)
+        Self::load_with(path, LoadOptions::default())
     }
 
     /// Like [`VMamba::load`], but the file is memory-mapped while the model copies
-    /// its weights out (instead of reading it into a buffer); it must not be
+    /// its weights out (instead of reading it tensor by tensor); it must not be
     /// truncated meanwhile (see [`Weights::open_mmap`]). The model keeps no map.
     pub fn load_mmap(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        Self::from_file(path, Weights::open_mmap(path)?)
+        let options = LoadOptions {
+            mmap: true,
+            ..LoadOptions::default()
+        };
+        Self::load_with(path, options)
     }
 
-    fn from_file(path: &Path, ws: Weights) -> Result<Self> {
+    /// [`VMamba::load`] with options: the file mapped, the linear weights stored
+    /// as bf16 as they are read.
+    ///
+    /// ```
+    /// use vmamba_rt::{kernels::gemm::WeightType, model::LoadOptions, VMamba};
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v0_small.safetensors");
+    /// let options = LoadOptions { weight_type: WeightType::Bf16, ..LoadOptions::default() };
+    /// let bf16 = VMamba::load_with(path, options)?;
+    /// let mut converted = VMamba::load(path)?;
+    /// converted.set_weight_type(WeightType::Bf16);
+    /// let x = vec![0.5; 3 * 64 * 64];
+    /// assert_eq!(bf16.forward(&x, [1, 3, 64, 64])?, converted.forward(&x, [1, 3, 64, 64])?);
+    /// # Ok::<(), vmamba_rt::Error>(())
+    /// ```
+    pub fn load_with(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let ws = if options.mmap {
+            Weights::open_mmap(path)?
+        } else {
+            Weights::open(path)?
+        };
         let build = || {
             crate::format::check_version(ws.metadata())?;
             let text = ws.metadata().get(META_CONFIG).ok_or_else(|| {
@@ -98,16 +143,25 @@ impl VMamba {
                     "no '{META_CONFIG}' entry in the header metadata; convert the checkpoint with `vmamba-rt convert`"
                 ))
             })?;
-            Self::from_weights(Config::from_json(text)?, &ws)
+            Self::from_weights_as(Config::from_json(text)?, &ws, options.weight_type)
         };
-        build().map_err(|e| e.in_file(path))
+        let model = build().map_err(|e| e.in_file(path));
+        drop(ws);
+        give_back_freed_memory();
+        model
     }
 
     /// Build the model from a config and weights, checking every tensor by name and
     /// shape and refusing tensors the architecture does not use.
     pub fn from_weights(config: Config, ws: &Weights) -> Result<Self> {
+        Self::from_weights_as(config, ws, WeightType::F32)
+    }
+
+    /// [`VMamba::from_weights`], the linear weights stored as `weight_type`
+    /// as they are read (see [`VMamba::set_weight_type`]).
+    pub fn from_weights_as(config: Config, ws: &Weights, weight_type: WeightType) -> Result<Self> {
         config.validate()?;
-        let ps = &mut Params::default();
+        let ps = &mut Params::new(weight_type);
         let stem = Stem::load(&config, ws, ps)?;
         let pos_embed = if config.posembed {
             let (c0, side) = (config.dims, config.imgsize / config.patch_size);
@@ -287,7 +341,7 @@ impl VMamba {
     /// assert!(fp32.iter().zip(&bf16).all(|(a, b)| (a - b).abs() < 0.1));
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
-    pub fn set_weight_type(&mut self, to: crate::kernels::gemm::WeightType) {
+    pub fn set_weight_type(&mut self, to: WeightType) {
         self.params.set_weight_type(to);
     }
 
