@@ -430,6 +430,12 @@ fn read_tensor(
     len: usize,
 ) -> Result<Vec<f32>> {
     use std::io::{Read, Seek, SeekFrom};
+    if !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(Error::Dtype {
+            name: name.into(),
+            dtype: format!("{:?}", e.dtype),
+        });
+    }
     let what = || format!("tensor '{name}' of {}", path.display());
     let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
     file.seek(SeekFrom::Start(e.start as u64))
@@ -446,7 +452,7 @@ fn read_tensor(
                     .for_each(|v| *v = f32::from_le_bytes(v.to_ne_bytes()));
             }
         }
-        Dtype::F16 | Dtype::BF16 => {
+        _ => {
             let mut half = crate::memory::reserve::<u8>(2 * len, what)?;
             half.resize(2 * len, 0);
             read(&mut half)?;
@@ -458,12 +464,6 @@ fn read_tensor(
             } else {
                 data.extend(bits.map(|h| f32::from_bits((h as u32) << 16)));
             }
-        }
-        other => {
-            return Err(Error::Dtype {
-                name: name.into(),
-                dtype: format!("{other:?}"),
-            })
         }
     }
     Ok(data)
