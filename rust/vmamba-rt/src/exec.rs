@@ -472,12 +472,12 @@ mod tests {
             let model = small_model(forward);
             let plan = model.plan([1, 3, 64, 48], Outputs::Logits).unwrap();
             for op in &plan.ops {
+                let need = op.needs().unwrap();
                 let mut bufs = vec![Vec::new(); plan.buffers.len()];
-                for (id, need) in op.needs().unwrap() {
-                    bufs[id] = vec![0.5; need + 7];
+                for &(id, n) in &need {
+                    bufs[id] = vec![0.5; n + 7];
                 }
                 // NaN where the op must not write, and where it must (unless it reads its output).
-                let need = op.needs().unwrap();
                 let (w, wrote) = *need.iter().find(|(id, _)| *id == op.written()).unwrap();
                 let in_place = matches!(
                     op,
@@ -522,28 +522,14 @@ mod tests {
         let other = (0..table.len())
             .find(|&i| ps.check(i, ParamNeed::Values(len(i))).is_ok() && len(i) != len(bias))
             .unwrap();
-        let with = |weight, bias| match linear.clone() {
-            Op::Linear {
-                src,
-                dst,
-                rows,
-                inp,
-                out,
-                accumulate,
-                ..
-            } => Op::Linear {
-                src,
-                dst,
-                rows,
-                inp,
-                out,
-                weight,
-                bias: Some(bias),
-                accumulate,
-            },
-            _ => unreachable!(),
+        let with = |w, b| {
+            let mut op = linear.clone();
+            if let Op::Linear { weight, bias, .. } = &mut op {
+                (*weight, *bias) = (w, Some(b));
+            }
+            op
         };
-        let missing = ps.table().len();
+        let missing = table.len();
         for (op, says) in [
             (with(weight, other), "values, not"),
             (with(weight, weight), "is a linear weight"),
