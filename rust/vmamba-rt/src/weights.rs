@@ -348,47 +348,29 @@ impl Weights {
             .lock()
             .expect("weights lock")
             .insert(name.to_string(), shape.to_vec());
+        let Some(size) = element_size(e.dtype) else {
+            return Err(Error::Dtype {
+                name: name.into(),
+                dtype: format!("{:?}", e.dtype),
+            });
+        };
         let len: usize = shape.iter().product();
         if let Storage::File { file, path } = &*self.file {
             let data = read_tensor(file, path, name, e, len)?;
             return Ok(Param::owned(data, shape.to_vec()));
         }
-        let bytes = &self.file.bytes()[e.start..];
-        let data = match e.dtype {
-            Dtype::F32
-                if cfg!(target_endian = "little")
-                    && (bytes.as_ptr() as usize).is_multiple_of(4) =>
-            {
-                ParamData::InFile {
-                    file: self.file.clone(),
-                    start: e.start,
-                    len,
-                }
+        let bytes = &self.file.bytes()[e.start..][..len * size];
+        let data = if e.dtype == Dtype::F32
+            && cfg!(target_endian = "little")
+            && (bytes.as_ptr() as usize).is_multiple_of(4)
+        {
+            ParamData::InFile {
+                file: self.file.clone(),
+                start: e.start,
+                len,
             }
-            Dtype::F32 => ParamData::Owned(Arc::new(
-                bytes[..len * 4]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            )),
-            Dtype::F16 => ParamData::Owned(Arc::new(
-                bytes[..len * 2]
-                    .chunks_exact(2)
-                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-                    .collect(),
-            )),
-            Dtype::BF16 => ParamData::Owned(Arc::new(
-                bytes[..len * 2]
-                    .chunks_exact(2)
-                    .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                    .collect(),
-            )),
-            other => {
-                return Err(Error::Dtype {
-                    name: name.into(),
-                    dtype: format!("{other:?}"),
-                })
-            }
+        } else {
+            ParamData::Owned(Arc::new(widened(e.dtype, bytes).collect()))
         };
         Ok(Param {
             data,
@@ -421,7 +403,28 @@ impl Weights {
 /// The largest header read, as the safetensors crate allows.
 const MAX_HEADER: u64 = 100_000_000;
 
-/// Tensor `name` (`len` elements, at `e`) read from the file and widened to f32.
+/// Bytes per element of the types a model reads; None for any other.
+fn element_size(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        _ => None,
+    }
+}
+
+/// The little-endian elements in `bytes` of a tensor of `dtype` (one
+/// [`element_size`] knows), as f32.
+fn widened(dtype: Dtype, bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    let size = element_size(dtype).expect("a type the model reads");
+    bytes.chunks_exact(size).map(move |b| match dtype {
+        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        Dtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+        _ => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
+    })
+}
+
+/// Tensor `name` (`len` elements of a type [`element_size`] knows, at `e`)
+/// read from the file and widened to f32.
 fn read_tensor(
     file: &Mutex<std::fs::File>,
     path: &Path,
@@ -430,12 +433,6 @@ fn read_tensor(
     len: usize,
 ) -> Result<Vec<f32>> {
     use std::io::{Read, Seek, SeekFrom};
-    if !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        return Err(Error::Dtype {
-            name: name.into(),
-            dtype: format!("{:?}", e.dtype),
-        });
-    }
     let what = || format!("tensor '{name}' of {}", path.display());
     let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
     file.seek(SeekFrom::Start(e.start as u64))
@@ -443,28 +440,16 @@ fn read_tensor(
     let mut read = |bytes: &mut [u8]| file.read_exact(bytes).map_err(|err| io_error(path, err));
     // The header's offsets were checked against the file's size: len fits in it.
     let mut data = crate::memory::reserve::<f32>(len, what)?;
-    match e.dtype {
-        Dtype::F32 => {
-            data.resize(len, 0.0);
-            read(bytemuck::cast_slice_mut(&mut data))?;
-            if cfg!(target_endian = "big") {
-                data.iter_mut()
-                    .for_each(|v| *v = f32::from_le_bytes(v.to_ne_bytes()));
-            }
-        }
-        _ => {
-            let mut half = crate::memory::reserve::<u8>(2 * len, what)?;
-            half.resize(2 * len, 0);
-            read(&mut half)?;
-            let bits = half
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]));
-            if e.dtype == Dtype::F16 {
-                data.extend(bits.map(f16_to_f32));
-            } else {
-                data.extend(bits.map(|h| f32::from_bits((h as u32) << 16)));
-            }
-        }
+    if e.dtype == Dtype::F32 && cfg!(target_endian = "little") {
+        // Straight into place: no second copy.
+        data.resize(len, 0.0);
+        read(bytemuck::cast_slice_mut(&mut data))?;
+    } else {
+        let size = element_size(e.dtype).expect("checked by the caller");
+        let mut raw = crate::memory::reserve::<u8>(len * size, what)?;
+        raw.resize(len * size, 0);
+        read(&mut raw)?;
+        data.extend(widened(e.dtype, &raw));
     }
     Ok(data)
 }
