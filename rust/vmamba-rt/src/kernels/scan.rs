@@ -146,6 +146,16 @@ impl Walk {
             mirror: path == ScanPath::RasterRevUnflipped,
         }
     }
+
+    /// The pixel (of `hw`) where the output of the step at `pixel` lands.
+    #[inline(always)]
+    fn lands(&self, pixel: usize, hw: usize) -> usize {
+        if self.mirror {
+            hw - 1 - pixel
+        } else {
+            pixel
+        }
+    }
 }
 
 #[inline(always)]
@@ -245,15 +255,21 @@ fn scan_block<F: Fma, const FULL: bool>(
         let pu = cursor.advance();
         let u = load::<FULL>(&u_img[pu * di..], nc);
         let acc = step::<F>(&u, &proj_img[pu * xs..][..s.r + 2 * n], &consts, &mut h);
-        let pw = if walk.mirror { hw - 1 - pu } else { pu };
-        // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
-        // caller), and the index is inside y because pw < H*W.
-        unsafe {
-            let out = y.0.add((img * hw + pw) * di + d0);
-            for (i, v) in acc.iter().enumerate().take(if FULL { LANES } else { nc }) {
-                *out.add(i) += v;
-            }
-        }
+        // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see
+        // the caller), and `lands` gives a pixel below H*W.
+        unsafe { add_to::<FULL>(y, (img * hw + walk.lands(pu, hw)) * di + d0, nc, acc) }
+    }
+}
+
+/// Add the `nc` live lanes of `v` into y at `at`.
+///
+/// # Safety
+/// `y` must be valid for writing `at..at + nc` and no other thread may touch them.
+#[inline(always)]
+unsafe fn add_to<const FULL: bool>(y: SharedMut, at: usize, nc: usize, v: [f32; LANES]) {
+    let out = y.0.add(at);
+    for (i, v) in v.iter().enumerate().take(if FULL { LANES } else { nc }) {
+        *out.add(i) += v;
     }
 }
 
@@ -370,23 +386,9 @@ fn scan_pair<F: Fma, const FULL: bool>(
             }
         }
         for q in 0..PAIR {
-            let pw = if walks[q].mirror {
-                hw - 1 - pixels[q]
-            } else {
-                pixels[q]
-            };
-            // SAFETY: this task alone writes channels d0..d0+nc of image `img` (see the
-            // caller), and the index is inside y because pw < H*W.
-            unsafe {
-                let out = y.0.add((img * hw + pw) * di + d0);
-                for (i, v) in acc[q]
-                    .iter()
-                    .enumerate()
-                    .take(if FULL { LANES } else { nc })
-                {
-                    *out.add(i) += v;
-                }
-            }
+            let at = (img * hw + walks[q].lands(pixels[q], hw)) * di + d0;
+            // SAFETY: as in `scan_block`.
+            unsafe { add_to::<FULL>(y, at, nc, acc[q]) }
         }
     }
 }
