@@ -7,10 +7,56 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmamba_rt::preprocess::{Preprocess, Rgb8};
-use vmamba_rt::{weights::META_CONFIG, Config, VMamba, Weights};
+use vmamba_rt::{weights::META_CONFIG, Config, Error, VMamba, Weights};
+
+/// Both readers refuse the bytes, or both accept them and give the same
+/// metadata and the same tensors, bit for bit (or refuse the same ones).
+fn same_from_file(data: &[u8], in_memory: &Result<Weights, Error>) {
+    let path =
+        std::env::temp_dir().join(format!("vmamba-rt-fuzz-{}.safetensors", std::process::id()));
+    std::fs::write(&path, data).expect("write the input to a file");
+    let from_file = Weights::open(&path);
+    let (a, b) = match (in_memory, &from_file) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(_), Err(_)) => return,
+        (a, b) => panic!(
+            "the readers disagree: in memory {:?}, from the file {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        ),
+    };
+    assert_eq!(a.metadata(), b.metadata());
+    let mut names: Vec<&str> = a.names().collect();
+    names.sort();
+    let mut other: Vec<&str> = b.names().collect();
+    other.sort();
+    assert_eq!(names, other);
+    for name in names {
+        match (a.tensor(name), b.tensor(name)) {
+            (Ok(x), Ok(y)) => {
+                assert_eq!(x.shape(), y.shape(), "{name}");
+                let bits = |p: &vmamba_rt::weights::Param| {
+                    p.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert!(
+                    bits(&x) == bits(&y),
+                    "{name}: the readers give different values"
+                );
+            }
+            (Err(_), Err(_)) => {}
+            (x, y) => panic!(
+                "{name}: the readers disagree: {:?} / {:?}",
+                x.err(),
+                y.err()
+            ),
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(ws) = Weights::from_bytes(data.to_vec()) else {
+    let ws = Weights::from_bytes(data.to_vec());
+    same_from_file(data, &ws);
+    let Ok(ws) = ws else {
         return;
     };
     if let Ok(pre) = Preprocess::from_metadata(ws.metadata()) {
