@@ -96,8 +96,8 @@ def load(path: str | os.PathLike | None = None, *, device: str = "cpu", dtype: s
     The model keeps its own copy of the weights (re-laid out for its kernels)
     and never reads the file again; each tensor is read from the file when the
     model asks for it, so loading never holds the file's bytes besides that
-    copy. ``mmap=True`` maps the file while loading instead (its pages count
-    toward the process's memory until the load ends)."""
+    copy. ``mmap=True`` maps the file while loading instead (each tensor's
+    pages let go once it is copied; the file must not be truncated meanwhile)."""
     check_device(device, dtype)  # before any download
     path = resolve(path, download=download, convert=convert)
     return Model(path, device=device, dtype=dtype, num_threads=num_threads, mmap=mmap, out_indices=out_indices)

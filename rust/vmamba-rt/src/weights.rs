@@ -207,12 +207,13 @@ impl Weights {
         })
     }
 
-    /// Memory-map a safetensors file: no copy, and pages are read only when used.
+    /// Memory-map a safetensors file: pages are read only when a tensor is
+    /// asked for, copied into memory of its own, and let go (on Unix).
     ///
-    /// Tensors read from it borrow the map. Whoever changes the file meanwhile
-    /// changes them, and truncating it makes the next read die with SIGBUS: use
-    /// this only for files nobody rewrites. (A model copies what it keeps, so
-    /// the risk ends when its load does.)
+    /// Whoever changes the file meanwhile changes the tensors read after, and
+    /// truncating it makes the next read die with SIGBUS: use this only for
+    /// files nobody rewrites. (A model copies what it keeps, so the risk ends
+    /// when its load does.)
     pub fn open_mmap(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = open_regular(path)?;
@@ -360,6 +361,15 @@ impl Weights {
             return Ok(Param::owned(data, shape.to_vec()));
         }
         let bytes = &self.file.bytes()[e.start..][..len * size];
+        if let Storage::Mapped(map) = &*self.file {
+            // A model copies what it keeps: copied here, the tensor's pages can go
+            // at once, and a mapped load does not hold the file besides the model.
+            // (Let go a megabyte at a time instead, the load peaked higher: 120 MB
+            // against 105 for a 92 MB file.)
+            let data = widened(e.dtype, bytes).collect();
+            release(map, e.start, bytes.len());
+            return Ok(Param::owned(data, shape.to_vec()));
+        }
         let data = if e.dtype == Dtype::F32
             && cfg!(target_endian = "little")
             && (bytes.as_ptr() as usize).is_multiple_of(4)
@@ -398,6 +408,18 @@ impl Weights {
             None => Ok(()),
         }
     }
+}
+
+/// Let the pages of `map` that hold `start..start + len` go from this process's
+/// memory (a hint: where it is refused, they stay).
+fn release(map: &memmap2::Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the map is a read-only shared mapping of a file: pages dropped from
+    // it are read again from the file if touched, so whatever still borrows
+    // them sees the same bytes (for a file nobody rewrites, as open_mmap asks).
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
 }
 
 /// The largest header read, as the safetensors crate allows.
@@ -531,32 +553,32 @@ mod tests {
         safetensors::serialize(tensors, Some(meta)).unwrap()
     }
 
-    /// Tensors read one by one from the file are those the whole file in memory
-    /// gives, each in memory of its own.
+    /// Tensors read one by one from the file, or from its map, are those the
+    /// whole file in memory gives, each in memory of its own; read again from
+    /// the map (whose pages were let go), the same.
     #[test]
     fn reads_each_tensor_from_the_file() {
         let bytes = sample();
         let path = write_file("sample.safetensors", &bytes);
-        let (file, memory) = (
-            Weights::open(&path).unwrap(),
-            Weights::from_bytes(bytes).unwrap(),
-        );
-        assert_eq!(file.metadata()["k"], "v");
-        for (name, shape) in [("a", vec![2, 3]), ("b", vec![4]), ("c", vec![2])] {
-            let got = file.get(name, &shape).unwrap();
-            assert!(!got.is_in_file());
-            assert_eq!(
-                got.data(),
-                memory.get(name, &shape).unwrap().data(),
-                "{name}"
-            );
+        let memory = Weights::from_bytes(bytes).unwrap();
+        for file in [Weights::open(&path), Weights::open_mmap(&path)] {
+            let file = file.unwrap();
+            assert_eq!(file.metadata()["k"], "v");
+            for (name, shape) in [("a", vec![2, 3]), ("b", vec![4]), ("c", vec![2])] {
+                let want = memory.get(name, &shape).unwrap();
+                for _ in 0..2 {
+                    let got = file.get(name, &shape).unwrap();
+                    assert!(!got.is_in_file());
+                    assert_eq!(got.data(), want.data(), "{name}");
+                }
+            }
+            assert_eq!(file.get("c", &[2]).unwrap().data(), [1.5, -1.0]);
+            assert!(matches!(
+                file.get("a", &[3, 2]),
+                Err(Error::ShapeMismatch { .. })
+            ));
+            file.check_all_used().unwrap();
         }
-        assert_eq!(file.get("c", &[2]).unwrap().data(), [1.5, -1.0]);
-        assert!(matches!(
-            file.get("a", &[3, 2]),
-            Err(Error::ShapeMismatch { .. })
-        ));
-        file.check_all_used().unwrap();
         std::fs::remove_file(path).unwrap();
     }
 
