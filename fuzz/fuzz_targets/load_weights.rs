@@ -1,7 +1,9 @@
 //! cargo-fuzz target for the Rust weights loader: arbitrary bytes as a
 //! safetensors file, its preprocessing settings applied to a small image, then
 //! the model built from its metadata (every tensor read by name, shape and
-//! dtype) and, if that succeeds, one tiny forward pass.
+//! dtype) and, if that succeeds, one tiny forward pass. The same bytes also go
+//! to a file, read by `Weights::open` (the header, then each tensor on demand)
+//! and by `Weights::open_mmap`, which must agree with the in-memory reader.
 //! Errors are fine; a panic, an abort, a hang or a huge allocation is a finding.
 #![no_main]
 
@@ -9,14 +11,19 @@ use libfuzzer_sys::fuzz_target;
 use vmamba_rt::preprocess::{Preprocess, Rgb8};
 use vmamba_rt::{weights::META_CONFIG, Config, Error, VMamba, Weights};
 
-/// Both readers refuse the bytes, or both accept them and give the same
-/// metadata and the same tensors, bit for bit (or refuse the same ones).
+/// The file's readers (read, mapped) and the in-memory one all refuse the
+/// bytes, or all accept them and give the same metadata and the same tensors,
+/// bit for bit (or refuse the same ones).
 fn same_from_file(data: &[u8], in_memory: &Result<Weights, Error>) {
     let path =
         std::env::temp_dir().join(format!("vmamba-rt-fuzz-{}.safetensors", std::process::id()));
     std::fs::write(&path, data).expect("write the input to a file");
-    let from_file = Weights::open(&path);
-    let (a, b) = match (in_memory, &from_file) {
+    same(in_memory, &Weights::open(&path));
+    same(in_memory, &Weights::open_mmap(&path));
+}
+
+fn same(in_memory: &Result<Weights, Error>, from_file: &Result<Weights, Error>) {
+    let (a, b) = match (in_memory, from_file) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(_), Err(_)) => return,
         (a, b) => panic!(
