@@ -3,6 +3,8 @@ arithmetic) against fp32 and the official outputs, within the bounds of the
 "CPU speed II" issue: the digits split's top-1 labels equal fp32's on at least
 448 of 450 images, and every golden case within 2e-2 of its largest output."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import GOLDEN, golden_cases, golden_meta, rel_err
@@ -41,6 +43,25 @@ def test_bf16_random_model_in_released_shapes_stays_close():
     a = vmamba_rt.Model.random("vmamba-tiny-s1l8")(x)
     b = vmamba_rt.Model.random("vmamba-tiny-s1l8", dtype="bfloat16")(x)
     assert 0 < rel_err(b, a) < TOL
+
+
+def test_bf16_says_what_it_does_on_this_cpu():
+    """A bf16 load says that the weights are bf16 and the arithmetic float32, with
+    which kernels, and which bf16 instructions the CPU has (no kernel uses them
+    yet); a float32 load says nothing."""
+    info = vmamba_rt.cpu_info()
+    assert info["kernels"] in ("avx512", "avx2+fma", "x86-64", "neon", "portable")
+    with pytest.warns(vmamba_rt.BFloat16Warning) as said:
+        vmamba_rt.load(dtype="bfloat16")
+    msg = str(said[0].message)
+    assert f"({info['kernels']} kernels)" in msg and "widened to float32" in msg
+    if info["bf16_instructions"]:
+        assert all(name in msg for name in info["bf16_instructions"]), msg
+    else:
+        assert "no bf16 instructions" in msg, msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vmamba_rt.load()
 
 
 def test_cpu_refuses_float16_and_unknown_dtypes():

@@ -80,6 +80,7 @@ def test_threads_device_and_dtype_options():
     assert cpu16.returncode == 1 and "CPU engine runs float32 or bfloat16" in cpu16.stderr
     bf16 = run("classify", IMAGES / "digit_7.png", "--dtype", "bfloat16", "--topk", "1", "--json")
     assert bf16.returncode == 0 and json.loads(bf16.stdout)["top"][0]["label"] == "7"
+    assert "vmamba-rt: warning: dtype='bfloat16' on the CPU" in bf16.stderr, bf16.stderr
 
 
 def test_progress_bar_keeps_results_whole_on_a_terminal(tmp_path):

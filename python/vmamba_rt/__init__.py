@@ -13,12 +13,12 @@ import os
 from . import hub
 from .convert import ArchitectureGuessWarning, convert
 from .errors import CheckpointError, ConversionError, DownloadError, VMambaError
-from .model import Model, check_device
+from .model import BFloat16Warning, Model, check_device, cpu_info
 
 __version__ = "0.1.0"
 convert_checkpoint = convert  # the function, where `convert` is also a keyword of load()
 __all__ = ["load", "convert", "download", "Model", "VMambaError", "ConversionError", "CheckpointError", "DownloadError",
-           "ArchitectureGuessWarning", "__version__"]
+           "ArchitectureGuessWarning", "BFloat16Warning", "cpu_info", "__version__"]
 
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "weights", "digits.safetensors")

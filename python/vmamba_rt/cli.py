@@ -339,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    # Warnings as the CLI's own lines, not Python's (file, line and source).
+    warnings.showwarning = lambda message, *_, **__: _warn(str(message))
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # our errors carry a message that names the problem

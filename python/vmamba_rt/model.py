@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -31,11 +32,32 @@ def check_device(device: str, dtype: str) -> None:
         raise VMambaError(f"the CPU engine runs float32 or bfloat16, got dtype={dtype!r}")
 
 
+def cpu_info() -> dict:
+    """What the CPU engine runs on this CPU: ``{"kernels": "avx512" | "avx2+fma" |
+    "x86-64" | "neon" | "portable", "bf16_instructions": [...]}``, the latter
+    naming the CPU's bf16 arithmetic ("avx512_bf16", "amx_bf16", "bf16" on Arm)."""
+    return dict(_native.cpu_info())
+
+
+class BFloat16Warning(UserWarning):
+    """``dtype="bfloat16"`` on the CPU: what it does on this CPU (once per process)."""
+
+
 def _cpu_weights(device: str, dtype: str) -> str:
     """How the native model stores its linear weights: bf16 only for the CPU's
-    bf16 mode (the CUDA engine converts f32 weights itself)."""
+    bf16 mode (the CUDA engine converts f32 weights itself), said once."""
     check_device(device, dtype)
-    return dtype if device == "cpu" else "float32"
+    if device != "cpu":
+        return "float32"
+    if dtype == "bfloat16":
+        info = cpu_info()
+        has = info["bf16_instructions"]
+        cpu = (f"this CPU has {', '.join(has)}, which no kernel of this release uses yet" if has
+               else "this CPU has no bf16 instructions (AVX512_BF16, AMX or Arm BF16)")
+        warnings.warn(f"dtype='bfloat16' on the CPU: the linear weights are stored in bf16 (half the memory) and "
+                      f"widened to float32 in the GEMMs ({info['kernels']} kernels), at about the float32 speed; "
+                      f"{cpu}", BFloat16Warning, stacklevel=1)
+    return dtype
 
 
 def _engine(native, device: str, dtype: str):

@@ -311,6 +311,16 @@ fn normalize_config(config_json: &str) -> PyResult<String> {
     })
 }
 
+/// What the CPU engine runs on this CPU: {"kernels": str, "bf16_instructions": [str]}.
+#[pyfunction]
+fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = vmamba_rt::cpu_info();
+    let d = PyDict::new(py);
+    d.set_item("kernels", info.kernels)?;
+    d.set_item("bf16_instructions", info.bf16_instructions)?;
+    Ok(d)
+}
+
 /// Load a weights file and build the model, raising VMambaError on any mismatch.
 #[pyfunction]
 fn check_weights(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
@@ -321,6 +331,7 @@ fn check_weights(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(parameter_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_pickle, m)?)?;

@@ -52,5 +52,6 @@ mod testutil;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use kernels::simd::{cpu_info, CpuInfo};
 pub use model::{FeatureMap, VMamba};
 pub use weights::Weights;

@@ -93,3 +93,84 @@ pub fn has_avx512() -> bool {
 pub fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
+
+/// What the CPU engine finds on this CPU ([`cpu_info`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// Which copy of the kernels runs: "avx512", "avx2+fma", "x86-64" (the
+    /// baseline, without FMA), "neon" (aarch64) or "portable".
+    pub kernels: &'static str,
+    /// The CPU's bf16 arithmetic, by name: "avx512_bf16" and "amx_bf16" on
+    /// x86-64, "bf16" on aarch64; empty where it has none. No kernel of this
+    /// release uses it: bf16 weights are widened to f32 in the GEMM.
+    pub bf16_instructions: Vec<&'static str>,
+}
+
+/// What this CPU runs and has (see [`CpuInfo`]).
+pub fn cpu_info() -> CpuInfo {
+    let mut bf16_instructions = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    let kernels = {
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            bf16_instructions.push("avx512_bf16");
+        }
+        // AMX-BF16: CPUID leaf 7, EDX bit 22, where the CPU has leaf 7 (std
+        // cannot detect it on stable Rust).
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        if __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx & (1 << 22) != 0 {
+            bf16_instructions.push("amx_bf16");
+        }
+        if has_avx512() {
+            "avx512"
+        } else if has_avx2() {
+            "avx2+fma"
+        } else {
+            "x86-64"
+        }
+    };
+    #[cfg(target_arch = "aarch64")]
+    let kernels = {
+        if std::arch::is_aarch64_feature_detected!("bf16") {
+            bf16_instructions.push("bf16");
+        }
+        "neon"
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let kernels = "portable";
+    CpuInfo {
+        kernels,
+        bf16_instructions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What `cpu_info` finds agrees with the flags Linux lists for the CPU
+    /// (which use the same names for the bf16 instructions).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn cpu_info_agrees_with_proc_cpuinfo() {
+        let text = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let flags: Vec<&str> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, f)| f.split_whitespace().collect())
+            .unwrap();
+        let has = |f: &str| flags.contains(&f);
+        let info = super::cpu_info();
+        let bf16: Vec<&str> = ["avx512_bf16", "amx_bf16"]
+            .into_iter()
+            .filter(|f| has(f))
+            .collect();
+        assert_eq!(info.bf16_instructions, bf16);
+        let want = if has("avx512f") && has("avx512vl") && has("avx2") && has("fma") {
+            "avx512"
+        } else if has("avx2") && has("fma") {
+            "avx2+fma"
+        } else {
+            "x86-64"
+        };
+        assert_eq!(info.kernels, want);
+    }
+}
