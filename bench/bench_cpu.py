@@ -193,6 +193,11 @@ def main():
             times[row] = min(times[row], r["best"] / batch)
             rss[row] = max(rss[row], r["rss_mb"])
     rounds = f", best of {args.rounds} rounds" if args.rounds > 1 else ""
+    import vmamba_rt
+
+    info = vmamba_rt.cpu_info()
+    print(f"CPU engine: {info['kernels']} kernels; bf16 instructions: {', '.join(info['bf16_instructions']) or 'none'}"
+          " (no kernel of this release uses them)")
     print(f"machine sgemm (numpy, 2048^3 fp32, best of 5{rounds}): "
           + ", ".join(f"{peak[t]:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t in thread_counts))
     hdr = f"| {'model':<20} | weights  | res | batch | threads | ms/img | img/s | GFLOP/s | of sgemm | peak RSS MB |"
