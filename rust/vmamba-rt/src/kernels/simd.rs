@@ -108,6 +108,7 @@ pub struct CpuInfo {
 
 /// What this CPU runs and has (see [`CpuInfo`]).
 pub fn cpu_info() -> CpuInfo {
+    #[allow(unused_mut)] // nothing to add on targets other than x86-64 and aarch64
     let mut bf16_instructions = Vec::new();
     #[cfg(target_arch = "x86_64")]
     let kernels = {
