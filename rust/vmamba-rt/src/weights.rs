@@ -2,8 +2,9 @@
 //! architecture. The header is read at open, each tensor from the file when it
 //! is asked for, into memory of its own (so a model being built never holds the
 //! file's bytes besides its own copy); on request the file is memory-mapped
-//! instead, and tensors are borrowed in place when the bytes allow (F32, 4-byte
-//! aligned). Every lookup checks the name and the shape.
+//! instead, each tensor copied out and its pages let go. Bytes already in
+//! memory (`from_bytes`) lend their tensors in place when they allow it (F32,
+//! 4-byte aligned). Every lookup checks the name and the shape.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -163,7 +164,8 @@ impl Weights {
             .map_err(|_| format("shorter than a safetensors header"))?;
         // The header's size is checked against the file's before it is allocated.
         let n = u64::from_le_bytes(n);
-        if n > MAX_HEADER || n > file_len - 8 {
+        // (Saturating: the file may have grown since its size was read.)
+        if n > MAX_HEADER || n > file_len.saturating_sub(8) {
             return Err(format(&format!(
                 "header of {n} bytes in a file of {file_len}"
             )));
@@ -179,7 +181,7 @@ impl Weights {
             return Err(format(&format!(
                 "the header describes {} bytes of tensors, the file holds {}",
                 meta.data_len(),
-                file_len - data_start as u64
+                file_len.saturating_sub(data_start as u64)
             )));
         }
         let entries = meta
@@ -356,31 +358,35 @@ impl Weights {
             });
         };
         let len: usize = shape.iter().product();
-        if let Storage::File { file, path } = &*self.file {
-            let data = read_tensor(file, path, name, e, len)?;
-            return Ok(Param::owned(data, shape.to_vec()));
-        }
-        let bytes = &self.file.bytes()[e.start..][..len * size];
-        if let Storage::Mapped(map) = &*self.file {
-            // A model copies what it keeps: copied here, the tensor's pages can go
-            // at once, and a mapped load does not hold the file besides the model.
-            // (Let go a megabyte at a time instead, the load peaked higher: 120 MB
-            // against 105 for a 92 MB file.)
-            let data = widened(e.dtype, bytes).collect();
-            release(map, e.start, bytes.len());
-            return Ok(Param::owned(data, shape.to_vec()));
-        }
-        let data = if e.dtype == Dtype::F32
-            && cfg!(target_endian = "little")
-            && (bytes.as_ptr() as usize).is_multiple_of(4)
-        {
-            ParamData::InFile {
-                file: self.file.clone(),
-                start: e.start,
-                len,
+        let owned = |data: Vec<f32>| ParamData::Owned(Arc::new(data));
+        let data = match &*self.file {
+            Storage::File { file, path } => owned(read_tensor(file, path, name, e, len)?),
+            Storage::Mapped(map) => {
+                // A model copies what it keeps: copied here, the tensor's pages can
+                // go at once, and a mapped load does not hold the file besides the
+                // model. (Let go a megabyte at a time instead, the load peaked
+                // higher: 120 MB against 105 for a 92 MB file.)
+                let bytes = &map[e.start..][..len * size];
+                let data = widened(e.dtype, bytes).collect();
+                release(map, e.start, bytes.len());
+                owned(data)
             }
-        } else {
-            ParamData::Owned(Arc::new(widened(e.dtype, bytes).collect()))
+            // Bytes in memory already: f32 lent in place where aligned.
+            Storage::Owned(all) => {
+                let bytes = &all[e.start..][..len * size];
+                if e.dtype == Dtype::F32
+                    && cfg!(target_endian = "little")
+                    && (bytes.as_ptr() as usize).is_multiple_of(4)
+                {
+                    ParamData::InFile {
+                        file: self.file.clone(),
+                        start: e.start,
+                        len,
+                    }
+                } else {
+                    owned(widened(e.dtype, bytes).collect())
+                }
+            }
         };
         Ok(Param {
             data,
