@@ -173,9 +173,6 @@ def main():
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores})
     rows = []
-    if cores > 1:
-        # The yardstick for the lines below: what the machine's own sgemm gains from its cores.
-        print(f"numpy's sgemm: {cores} threads take {peak[1] / peak[cores]:.2f}x the 1-thread time")
     for preset in ["vmamba-tiny-s1l8", "vanilla-vmamba-tiny"]:
         for dtype in DTYPES:
             for res in [224] if args.quick else [224, 384, 512]:
