@@ -115,10 +115,15 @@ pub fn cpu_info() -> CpuInfo {
         if std::arch::is_x86_feature_detected!("avx512bf16") {
             bf16_instructions.push("avx512_bf16");
         }
-        // AMX-BF16: CPUID leaf 7, EDX bit 22, where the CPU has leaf 7 (std
-        // cannot detect it on stable Rust).
-        use std::arch::x86_64::{__cpuid, __cpuid_count};
-        if __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx & (1 << 22) != 0 {
+        // AMX-BF16 (std cannot detect it on stable Rust): CPUID leaf 7, EDX bit
+        // 22, and, as std requires for AVX-512, an OS that saves the state: the
+        // tile registers' bits (17, 18) set in XCR0, which Linux does from 5.16.
+        use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+        let tiles = 0b11 << 17;
+        // SAFETY: XGETBV runs only where CPUID says the OS enabled it (OSXSAVE).
+        let os_saves_tiles =
+            __cpuid(1).ecx & (1 << 27) != 0 && unsafe { _xgetbv(0) } & tiles == tiles;
+        if __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx & (1 << 22) != 0 && os_saves_tiles {
             bf16_instructions.push("amx_bf16");
         }
         if has_avx512() {
