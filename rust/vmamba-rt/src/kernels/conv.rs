@@ -33,25 +33,30 @@ pub fn im2col(
     cols.par_chunks_mut(wo * kc)
         .enumerate()
         .for_each(|(row, out)| {
-            if pad > 0 {
-                out.fill(0.0); // windows leave the image only where there is padding
+            if pad > 0 || k > h || k > w {
+                out.fill(0.0); // windows leave the image only there
             }
             let (bi, oy) = (row / ho, row % ho);
             for ox in 0..wo {
+                // The taps kx0..kx1 whose input column is inside the map.
+                let left = ox * stride;
+                let kx0 = pad.saturating_sub(left);
+                let kx1 = k.min((w + pad).saturating_sub(left));
+                if kx0 >= kx1 {
+                    continue;
+                }
                 for ky in 0..k {
                     let iy = (oy * stride + ky) as isize - pad as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
-                    for kx in 0..k {
-                        let ix = (ox * stride + kx) as isize - pad as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let src = ((bi * h + iy as usize) * w + ix as usize) * c;
-                        let dst = ox * kc + (ky * k + kx) * c;
-                        out[dst..dst + c].copy_from_slice(&x[src..src + c]);
-                    }
+                    // A window row's taps lie side by side in x and in the patch
+                    // (order ky, kx, c): one copy for all of them.
+                    let ix = left + kx0 - pad;
+                    let src = ((bi * h + iy as usize) * w + ix) * c;
+                    let dst = ox * kc + (ky * k + kx0) * c;
+                    let len = (kx1 - kx0) * c;
+                    out[dst..dst + len].copy_from_slice(&x[src..src + len]);
                 }
             }
         });
@@ -238,6 +243,38 @@ mod tests {
                     "{act:?} c{c} k{k} {h}x{w}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn im2col_matches_a_direct_gather() {
+        // (b, h, w, c, k, stride, pad): the stem's and the downsamples' shapes
+        // in small, a patch embedding (k = stride, no pad), windows wider than the map.
+        for (b, h, w, c, k, stride, pad) in [
+            (2, 9, 7, 3, 3, 2, 1),
+            (1, 8, 8, 5, 2, 2, 0),
+            (1, 8, 12, 3, 4, 4, 0),
+            (2, 2, 3, 4, 5, 1, 2),
+            (1, 1, 1, 2, 3, 2, 1),
+            (1, 2, 2, 1, 3, 1, 0),
+        ] {
+            let x = randn(b * h * w * c, 4);
+            let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+            let mut got = vec![f32::NAN; b * ho * wo * k * k * c];
+            im2col(&x, b, h, w, c, k, stride, pad, &mut got);
+            let mut want = vec![0.0; got.len()];
+            for (i, v) in want.iter_mut().enumerate() {
+                // Output pixel (bi, oy, ox), tap (ky, kx), channel ch.
+                let (pixel, tap) = (i / (k * k * c), i % (k * k * c));
+                let (bi, oy, ox) = (pixel / (ho * wo), pixel / wo % ho, pixel % wo);
+                let (ky, kx, ch) = (tap / (k * c), tap / c % k, tap % c);
+                let iy = (oy * stride + ky) as isize - pad as isize;
+                let ix = (ox * stride + kx) as isize - pad as isize;
+                if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                    *v = x[((bi * h + iy as usize) * w + ix as usize) * c + ch];
+                }
+            }
+            assert_eq!(got, want, "{h}x{w}x{c} k{k} s{stride} p{pad}");
         }
     }
 
