@@ -80,9 +80,10 @@ pub fn conv_weight_to_cols(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<
 /// (>= C); wt: (k*k, C) tap-major; out: (W, C).
 ///
 /// Tap by tap over the whole row, each a multiply-add of one input row into
-/// the output row (21 KB at 224, kept in cache): each pass a plain vector loop over channels,
-/// and no sum waits on the one before it, as it would summing a pixel's taps
-/// in registers (the same order of additions: the bias, then the taps).
+/// the output row (21 KB at 224, kept in cache): each pass is a plain vector
+/// loop over channels, and no sum waits on the one before it, as it would
+/// summing a pixel's taps in registers (the same order of additions: the
+/// bias, then the taps).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dwconv_act_row<F: Fma>(
@@ -219,7 +220,7 @@ mod tests {
         }
         for (act, bias) in [
             (Act::Silu, Some(&bias[..])),
-            (Act::Relu, Some(&bias)),
+            (Act::Relu, Some(&bias[..])),
             (Act::None, None),
         ] {
             let mut got = vec![0.0; b * h * w * c];
