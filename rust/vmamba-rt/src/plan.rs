@@ -338,9 +338,9 @@ impl Op {
                 c,
                 k,
                 stride,
+                pad,
                 ho,
                 wo,
-                ..
             } => {
                 nonzero(&[
                     ("c", c),
@@ -349,6 +349,19 @@ impl Op {
                     ("ho", ho),
                     ("wo", wo),
                 ])?;
+                // The output size the window gives (conv::out_size, checked): the
+                // kernel walks that many pixels.
+                let out = |n: usize| {
+                    let padded = pad.checked_mul(2).and_then(|p| p.checked_add(n));
+                    padded.map(|v| v.saturating_sub(k) / stride + 1)
+                };
+                if (out(h), out(w)) != (Some(ho), Some(wo)) {
+                    return Err(format!(
+                        "{kind} op: ho x wo is {ho} x {wo}, but a {k} x {k} window, stride {stride}, pad {pad} over {h} x {w} gives {:?} x {:?}",
+                        out(h),
+                        out(w)
+                    ));
+                }
                 vec![
                     (src, prod(&[b, h, w, c])?),
                     (dst, prod(&[b, ho, wo, k, k, c])?),
@@ -932,6 +945,26 @@ mod tests {
         };
         let err = strided.needs().unwrap_err();
         assert!(err.contains("pointwise op: its sizes overflow"), "{err}");
+        // An output size the window does not give (here one whose product wraps
+        // to the buffer's length) would have the kernel walk 2^62 pixels.
+        let im2col = |pad, ho, wo| Op::Im2col {
+            src: 0,
+            dst: 1,
+            b: 1,
+            h: 4,
+            w: 4,
+            c: 2,
+            k: 3,
+            stride: 2,
+            pad,
+            ho,
+            wo,
+        };
+        assert_eq!(im2col(1, 2, 2).needs().unwrap(), vec![(0, 32), (1, 72)]);
+        let err = im2col(1 << 62, 1, 1).needs().unwrap_err();
+        assert!(err.contains("im2col op: ho x wo is 1 x 1"), "{err}");
+        let err = im2col(usize::MAX / 2 + 1, 1, 1).needs().unwrap_err();
+        assert!(err.contains("gives None x None"), "{err}");
     }
 
     #[test]

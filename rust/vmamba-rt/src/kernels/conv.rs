@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::act;
 use super::simd::{dispatch_fma, Fma};
+use crate::memory::elements;
 use crate::variant::Act;
 
 /// Output size of a convolution along one axis.
@@ -29,7 +30,12 @@ pub fn im2col(
 ) {
     let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
     let kc = k * k * c;
-    assert_eq!(cols.len(), b * ho * wo * kc, "im2col: cols");
+    // Checked: a product that wrapped around must not pass for the buffer's length.
+    assert_eq!(
+        Some(cols.len()),
+        elements(&[b, ho, wo, k, k, c]),
+        "im2col: cols"
+    );
     cols.par_chunks_mut(wo * kc)
         .enumerate()
         .for_each(|(row, out)| {
