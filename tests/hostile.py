@@ -127,3 +127,77 @@ def write_huge_png(path, width: int = 100_000, height: int = 100_000) -> None:
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
                 + chunk(b"IEND", b""))
+
+
+# Config files (``convert --config``) -------------------------------------------------------
+
+def write_hostile_configs(folder) -> dict[str, tuple[str, str]]:
+    """Hostile yaml and JSON configs in ``folder``: name -> (path, what the refusal says)."""
+    import os
+
+    def put(name: str, text: str) -> str:
+        path = os.path.join(folder, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    cases = {
+        "deep.yaml": ("a: " + "[" * 50_000 + "]" * 50_000, "nested more than 32 levels"),
+        "deep.json": ("[" * 50_000 + "]" * 50_000, "nested more than 32 levels"),
+        "deep_block.yaml": ("".join(" " * i + f"k{i}:\n" for i in range(1000)), "nested more than 32 levels"),
+        "long_int.yaml": ("MODEL:\n  VSSM:\n    EMBED_DIM: " + "9" * 5000 + "\n", "not a number a config can hold"),
+        "long_int.json": ('{"dims": ' + "9" * 5000 + "}", "a number of 5000 characters"),
+        "base60.yaml": ("MODEL:\n  NUM_CLASSES: " + ":".join(["59"] * 300_000) + "\n", "not a number a config can hold"),
+        "nul_base.yaml": ('_BASE_: "a\\0b.yaml"\n', "cannot hold a NUL"),
+        "int_base.yaml": ("_BASE_: 7\n", "_BASE_ must be a file name or a list of them"),
+        "laughs.yaml": ("a0: &a0 [x, x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n" for i in range(1, 40))
+                        + "dims: 8\n", "anchors (&name) are not read"),
+        "alias.yaml": ("x: [1]\ny: *x\n", "aliases (*name) are not read"),
+        "python_tag.yaml": ("a: !!python/object/apply:os.system [echo pwned]\n", "could not determine a constructor"),
+        "set_tag.yaml": ("a: !!set {x: null}\n", "could not determine a constructor"),
+        "self_base.yaml": ("_BASE_: self_base.yaml\n", "includes itself"),
+        "too_long.yaml": ("# " + "x" * (1 << 20) + "\nMODEL: {}\n", "over the limit of 1048576"),
+        "many_values.yaml": ("a: [" + "1, " * 100_000 + "1]\n", "more than 20000 values"),
+        "long_string.json": ('{"dims": "' + "x" * 100_000 + '"}', "longer than 4096 characters"),
+        "typo.yaml": ("MODEL:\n  VSSM:\n    DEPTHS: [1]\n    SSM_RATIOO: 2.0\n", "MODEL.VSSM.'SSM_RATIOO' is not an official key"),
+        "typo.json": ('{"dims": 8, "depths": [1], "ssm_act_layerr": "relu"}', "'ssm_act_layerr' is not a runtime config field"),
+        "not_utf8.yaml": ("", "not UTF-8"),
+    }
+    out = {name: (put(name, text), why) for name, (text, why) in cases.items()}
+    with open(out["not_utf8.yaml"][0], "wb") as f:
+        f.write(b"MODEL: \xff\xfe\n")
+    # Ten bases a level, eight levels: 10^8 reads unless the files are counted.
+    for i in range(8):
+        put(f"fan{i}.yaml", "_BASE_: [" + ", ".join([f"fan{i + 1}.yaml"] * 10) + "]\n")
+    put("fan8.yaml", "MODEL: {}\n")
+    out["fan0.yaml"] = (os.path.join(folder, "fan0.yaml"), "more than 16 files")
+    fifo = os.path.join(folder, "fifo.yaml")
+    os.mkfifo(fifo)
+    out["fifo.yaml"] = (fifo, "not a regular file")
+    out["fifo_base.yaml"] = (put("fifo_base.yaml", "_BASE_: fifo.yaml\n"), "not a regular file")
+    return out
+
+
+# Metadata ---------------------------------------------------------------------------------
+
+def write_amplifying_metadata(src: str, dst: str, entry: str, kind: str, size: int = 90 << 20) -> None:
+    """``src``'s weights with a metadata ``entry`` of about ``size`` bytes that
+    would cost many times that to parse: ``mean`` as one long string or a long
+    list of numbers, or labels as millions of empty lists."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(src, "numpy") as f:
+        meta = f.metadata()
+    if kind == "mean_string":
+        value = json.dumps({"mean": "1" * size})
+    elif kind == "mean_list":
+        value = '{"mean": [' + "1," * (size // 2) + "1]}"
+    elif kind == "label_lists":
+        value = "[" + "[]," * (size // 3) + "[]]"
+    else:
+        raise ValueError(kind)
+    meta[entry] = value
+    save_file(load_file(src), dst, metadata=meta)

@@ -252,8 +252,10 @@ def test_extreme_aspect_ratios_and_empty_images_are_refused(tmp_path):
     ("vmamba_rt.preprocess", '{"input_size": 100000}', "input_size"),
     ("vmamba_rt.preprocess", '{"resize_ratio": 1e300}', "resize_ratio"),
     ("vmamba_rt.preprocess", '{"std": [1, 0, 1]}', "std"),
-    ("vmamba_rt.preprocess", "[" * 100_000, "not valid"),
-    ("vmamba_rt.labels", "[" * 100_000, "not valid JSON"),
+    ("vmamba_rt.preprocess", "[" * 4000, "not valid"),
+    ("vmamba_rt.preprocess", "[" * 100_000, "holds 100000 bytes, over its limit of 4096"),
+    ("vmamba_rt.labels", "[" * 5000, "not valid JSON"),
+    ("vmamba_rt.labels", "[" * 100_000, "holds 100000 bytes, over its limit of 10304"),
     ("vmamba_rt.labels", '{"a": 1}', "list of names"),
 ])
 def test_bad_metadata_is_refused_naming_file_and_field(tmp_path, entry, value, field):
@@ -479,6 +481,14 @@ def test_ops_with_wrapping_or_oversized_sizes_are_refused():
                 print("RAN", op["op"])
             except VMambaError as e:
                 print("REFUSED", e)
+        # An empty weight of 0 x 2^40 once was packed before any check: the process aborted.
+        for op in (dict(linear, rows=1, inp=2**40, out=0), dict(linear, rows=0, inp=2**62),
+                   {"op": "to_channels_last", "src": 0, "dst": 1, "b": 0, "c": 2**62, "h": 64, "w": 64}):
+            try:
+                _native.run_op(json.dumps(op), [ones(4), ones(4)], [ones(0)])
+                print("RAN", op["op"])
+            except VMambaError as e:
+                print("REFUSED", e)
         """)
     assert r["rc"] == 0, r
     refusals = [line for line in r["out"].splitlines() if line.startswith("REFUSED")]
@@ -488,7 +498,10 @@ def test_ops_with_wrapping_or_oversized_sizes_are_refused():
                         "REFUSED cross_scan op: its sizes overflow",
                         "REFUSED linear op: parameter 1 holds 1 values, not 2",
                         "REFUSED linear op: parameter 7 does not exist (2 are loaded)",
-                        "REFUSED layer_norm op: parameter 0 holds 4 values, not 2"], r["out"]
+                        "REFUSED layer_norm op: parameter 0 holds 4 values, not 2",
+                        "REFUSED linear op: out is 0",
+                        "REFUSED linear weight 0 holds 0 values, not 2x4611686018427387904",
+                        "REFUSED to_channels_last op: its sizes overflow"], r["out"]
     assert "panicked" not in r["err"], r["err"]
 
 
@@ -619,3 +632,185 @@ def test_refusals_from_many_threads_leave_good_loads_intact(tmp_path):
     x = np.load(GOLDEN / "v2_s1_small.input.npy")
     ref = vmamba_rt.load(outs[0])(x)
     assert all(np.array_equal(vmamba_rt.load(o)(x), ref) for o in outs)
+
+
+# 11. Config files ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hostile_configs(tmp_path_factory):
+    pytest.importorskip("yaml", reason="PyYAML is needed to read official yaml configs")
+    return hostile.write_hostile_configs(str(tmp_path_factory.mktemp("configs")))
+
+
+@pytest.mark.parametrize("name", ["deep.yaml", "deep.json", "deep_block.yaml", "long_int.yaml", "long_int.json",
+                                  "base60.yaml", "nul_base.yaml", "int_base.yaml", "laughs.yaml", "alias.yaml",
+                                  "python_tag.yaml", "set_tag.yaml", "self_base.yaml", "too_long.yaml",
+                                  "many_values.yaml", "long_string.json", "typo.yaml", "typo.json", "not_utf8.yaml",
+                                  "fan0.yaml", "fifo.yaml", "fifo_base.yaml"])
+def test_hostile_configs_are_refused_by_name_and_fast(hostile_configs, name):
+    from vmamba_rt.convert import arch_config
+
+    path, why = hostile_configs[name]
+    start = time.monotonic()
+    with pytest.raises(ConversionError) as e:
+        arch_config(path, "checkpoint.pth")
+    assert time.monotonic() - start < 2, name
+    msg = str(e.value)
+    assert why in msg, msg
+    assert os.path.dirname(path) in msg, msg  # names the file (or the base file) it refuses
+    assert len(msg) < 1000, msg
+
+
+def test_config_refusals_reach_the_cli_as_errors_not_tracebacks(tmp_path, hostile_configs):
+    src = tmp_path / "ckpt.pth"
+    src.write_bytes((GOLDEN / "v2_s1_small.pth").read_bytes())
+    for name in ("deep.yaml", "deep.json", "base60.yaml", "fifo.yaml"):
+        r = _cli("convert", src, "--config", hostile_configs[name][0], "-o", tmp_path / "o.safetensors")
+        assert r.returncode == 1 and r.stderr.startswith("vmamba-rt: error: ") and "Traceback" not in r.stderr, r
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_official_yaml_with_bases_reads_as_yacs_does(tmp_path):
+    """BASE (the official name) and _BASE_ both merge, each base before the file, values
+    overriding key by key; one base named twice is read once."""
+    from vmamba_rt import configfile
+
+    (tmp_path / "common.yaml").write_text("MODEL:\n  NUM_CLASSES: 10\n  VSSM: {EMBED_DIM: 8, DEPTHS: [1, 1]}\n")
+    (tmp_path / "mid.yaml").write_text("BASE: ['common.yaml']\nMODEL:\n  VSSM: {SSM_RATIO: 1.0}\n")
+    (tmp_path / "top.yaml").write_text("_BASE_: [mid.yaml, common.yaml]\nDATA: {IMG_SIZE: 64}\n"
+                                       "MODEL:\n  VSSM:\n    EMBED_DIM: 16  # over the base's\n")
+    cfg = configfile.load_yacs(str(tmp_path / "top.yaml"))
+    assert cfg == {"MODEL": {"NUM_CLASSES": 10, "VSSM": {"EMBED_DIM": 16, "DEPTHS": [1, 1], "SSM_RATIO": 1.0}},
+                   "DATA": {"IMG_SIZE": 64}}
+
+
+# 12. Metadata that amplifies ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("entry,kind", [("vmamba_rt.preprocess", "mean_string"),
+                                        ("vmamba_rt.preprocess", "mean_list"),
+                                        ("vmamba_rt.labels", "label_lists")])
+def test_metadata_too_large_for_its_entry_is_refused_cheaply(tmp_path, entry, kind):
+    """A 90 MB entry took 5-11 s and 2-5 GB to parse and quote; now its size is checked first."""
+    dst = tmp_path / "big.safetensors"
+    hostile.write_amplifying_metadata(vmamba_rt.DEFAULT_MODEL, str(dst), entry, kind)
+    r = run_child(f"""
+        import vmamba_rt
+        try:
+            vmamba_rt.load({str(dst)!r})
+            print("LOADED")
+        except vmamba_rt.VMambaError as e:
+            print("REFUSED", str(e)[:300], len(str(e)))
+        """)
+    assert r["rc"] == 0 and "REFUSED" in r["out"], r
+    assert f"big.safetensors: invalid model config: metadata entry '{entry}' holds" in r["out"], r["out"]
+    assert r["seconds"] < 10 and r["rss_mb"] < 1000, r
+    assert int(r["out"].split()[-3]) < 300  # the message's length: the value is never quoted
+
+
+@pytest.mark.parametrize("value,why", [
+    ('{"mean": "123"}', "mean must be 3 finite numbers, got a str"),
+    ('{"mean": [1, 2]}', "mean must be 3 finite numbers, got 2 entries"),
+    ('{"std": [1, true, 1]}', "std must be 3 finite numbers"),
+    ('{"resize": "' + "x" * 3000 + '"}', "resize must be 'crop' or 'squash'"),
+    ('{"input_size": "224"}', "input_size must be a int, got a str"),
+])
+def test_preprocess_metadata_types_are_checked_before_conversion(value, why):
+    from vmamba_rt.preprocess import Preprocess
+
+    with pytest.raises(VMambaError, match=why) as e:
+        Preprocess.from_metadata({"vmamba_rt.preprocess": value})
+    assert len(str(e.value)) < 400
+
+
+# 13. Images: integer modes and formats that run programs --------------------------------------
+
+@pytest.mark.parametrize("mode,fmt", [("I", "TIFF"), ("I;16", "PNG")])
+def test_integer_gray_images_at_the_pixel_limit_convert_in_bounded_memory(tmp_path, mode, fmt):
+    """A 9459x9459 mode-I TIFF (0.6 MB) took 2.1 GB in int64 temporaries, an I;16 PNG 1.75 GB."""
+    path = tmp_path / f"big.{fmt.lower()}"
+    r = run_child(f"""
+        from PIL import Image
+        img = Image.new({mode!r}, (9459, 9459), 40000)
+        img.save({str(path)!r}, {fmt!r}, **({{"compression": "tiff_adobe_deflate"}} if {fmt!r} == "TIFF" else {{}}))
+        """, timeout=120)
+    assert r["rc"] == 0, r
+    r = run_child(f"""
+        import numpy as np
+        from vmamba_rt.preprocess import load_rgb
+        img = load_rgb({str(path)!r})
+        print("MODE", img.mode, img.size, np.asarray(img.crop((0, 0, 4, 4)))[0, 0].tolist())
+        """, timeout=120)
+    assert r["rc"] == 0, r
+    assert "MODE RGB (9459, 9459) [156, 156, 156]" in r["out"], r["out"]  # 40000 >> 8
+    assert r["rss_mb"] < 1500, r
+
+
+def test_small_integer_images_keep_their_top_byte():
+    from PIL import Image
+
+    from vmamba_rt.preprocess import load_rgb
+
+    values = np.array([[0, 255, 256, 65535], [-5, 70000, 512, 1 << 20]], np.int32)
+    got = np.asarray(load_rgb(Image.fromarray(values, "I")))[..., 0]
+    assert got.tolist() == [[0, 0, 1, 255], [0, 255, 2, 255]]
+
+
+def test_images_are_only_opened_as_raster_formats(tmp_path):
+    """Pillow's EPS plugin runs Ghostscript on the file: a stand-in `gs` on PATH must never run."""
+    marker = tmp_path / "gs-ran"
+    gs = tmp_path / "bin" / "gs"
+    gs.parent.mkdir()
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    gs.chmod(0o755)
+    eps = tmp_path / "image.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n"
+                    b"showpage\n%%EOF\n")
+    r = run_child(f"""
+        import os
+        os.environ["PATH"] = {str(gs.parent)!r} + os.pathsep + os.environ["PATH"]
+        import vmamba_rt
+        from vmamba_rt.preprocess import IMAGE_FORMATS, load_rgb
+        for source in ({str(eps)!r}, open({str(eps)!r}, "rb").read()):
+            try:
+                load_rgb(source)
+                print("OPENED")
+            except vmamba_rt.VMambaError as e:
+                print("REFUSED", e)
+        print("FORMATS", ",".join(IMAGE_FORMATS))
+        """)
+    assert r["rc"] == 0, r
+    assert r["out"].count("REFUSED") == 2 and "not an image in one of the formats read" in r["out"], r["out"]
+    assert "FORMATS PNG,JPEG,BMP,GIF,TIFF,WEBP,PPM" in r["out"]
+    assert not marker.exists(), "Ghostscript (the stand-in) was run"
+
+
+# 14. What the CLI prints -------------------------------------------------------------------------
+
+def test_cli_prints_file_names_escaped_and_goes_on_past_odd_names(tmp_path):
+    png = (HERE + "/../examples/images/digit_3.png")
+    names = [b"forged.png\n   100.00%  7.png", b"not-utf8-\xff.png", b"plain.png"]
+    for name in names:
+        with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
+            f.write(open(png, "rb").read())
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+    r = subprocess.run([sys.executable, "-m", "vmamba_rt.cli", "classify", str(tmp_path), "--topk", "1"],
+                       capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines == [f'"{tmp_path}/forged.png\\n   100.00%  7.png"', "   91.56%  3",
+                     f'"{tmp_path}/not-utf8-\\377.png"', "   91.56%  3", f"{tmp_path}/plain.png", "   91.56%  3"], lines
+    r = subprocess.run([sys.executable, "-m", "vmamba_rt.cli", "classify", str(tmp_path), "--topk", "1", "--json"],
+                       capture_output=True, env=dict(env, PYTHONIOENCODING="ascii:strict"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert [os.path.basename(row["image"]) for row in rows] == [
+        "forged.png\n   100.00%  7.png", "not-utf8-\udcff.png", "plain.png"]
+
+
+def test_shown_escapes_what_does_not_print():
+    from vmamba_rt.cli import shown
+
+    assert shown("a b/é.png", "utf-8") == "a b/é.png"
+    assert shown("é.png", "ascii") == '"\\303\\251.png"'
+    assert shown('a"b\\c\td\u202e.png', "utf-8") == '"a\\"b\\\\c\\td\\342\\200\\256.png"'
+    assert shown("\ud800", "utf-8") == '"\\355\\240\\200"'

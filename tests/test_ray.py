@@ -156,3 +156,89 @@ def test_serve_answers_concurrent_requests_like_the_local_api(cluster, digits, t
         assert status == 200 and body["top"][0]["label"] == local[0][0][0]
     finally:
         serve.shutdown()
+
+
+def _replica_rss_mb() -> float:
+    """Resident memory of the classifier's replica, an actor on this machine (Ray
+    names its process after the deployment)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ServeReplica:vmamba-rt:VMambaClassifier" in f.read():
+                    pids.append(pid)
+        except OSError:
+            pass
+    assert len(pids) == 1, pids
+    with open(f"/proc/{pids[0]}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _raw_request(port: int, head: bytes, send, timeout: float = 30) -> int:
+    """POST over a plain socket: ``head`` (the request line and headers), then ``send(sock)``
+    writes (part of) a body. Returns the status the server answers with (0: none)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        try:
+            send(s)
+        except OSError:  # the server answered and closed while we were still sending
+            pass
+        try:
+            reply = s.recv(200)
+        except OSError:
+            return 0
+    return int(reply.split()[1]) if reply.startswith(b"HTTP/") else 0
+
+
+def test_serve_keeps_answering_during_slow_and_huge_uploads(cluster, digits, tmp_path):
+    """Eight 1-byte-a-second uploads once held every slot of the replica, and a 300 MB
+    body was read whole: now slow bodies are cut off (408), bodies over the limit
+    refused (413, by their Content-Length before they are read) and so are bodies
+    without a length (411), while others are answered."""
+    from PIL import Image
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    try:
+        serve.run(vray.deployment(num_threads=1, max_body_bytes=4 << 20, body_timeout_s=3),
+                  name="vmamba-rt", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/"
+        Image.fromarray(digits[0]).save(tmp_path / "0.png")
+        image = (tmp_path / "0.png").read_bytes()
+        assert _post(url, image)[0] == 200
+        baseline = _replica_rss_mb()
+
+        def trickle(s):  # 1 byte every 0.5 s, for up to 8 s
+            for _ in range(16):
+                s.sendall(b"x")
+                time.sleep(0.5)
+
+        def stream(total):  # a chunked body without a length, as fast as it goes
+            def send(s):
+                chunk = b"%x\r\n" % (1 << 20) + b"\0" * (1 << 20) + b"\r\n"
+                for _ in range(total >> 20):
+                    s.sendall(chunk)
+            return send
+
+        slow = [(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", trickle)] * 8
+        huge = [(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 314572800\r\n\r\n", lambda s: s.sendall(b"\0" * 65536)),
+                (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", stream(200 << 20)),
+                (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", stream(200 << 20))]
+        with concurrent.futures.ThreadPoolExecutor(len(slow) + len(huge) + 4) as pool:
+            attacks = [pool.submit(_raw_request, port, head, send) for head, send in slow + huge]
+            time.sleep(1)  # the attacks are open
+            start = time.monotonic()
+            normal = list(pool.map(lambda _: _post(url, image, timeout=10), range(4)))
+            answered_in = time.monotonic() - start
+            statuses = [a.result(timeout=60) for a in attacks]
+        assert all(status == 200 for status, _ in normal), normal
+        assert answered_in < 3, f"normal requests took {answered_in:.1f} s during the attacks"
+        assert statuses[:8] == [408] * 8, statuses
+        assert statuses[8:] == [413, 411, 411], statuses
+        time.sleep(1)
+        after = _replica_rss_mb()
+        assert after < baseline + 100, (baseline, after)
+        assert _post(url, image)[0] == 200
+    finally:
+        serve.shutdown()

@@ -15,6 +15,42 @@ import sys
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def shown(text: str, encoding: str | None = None) -> str:
+    """``text`` as one printable line: as it is when every character prints in
+    ``encoding`` (stdout's), else in double quotes with C-style escapes, as git
+    quotes paths: a newline cannot forge a result line, and a name whose bytes
+    are not UTF-8 (surrogate escapes) prints as its bytes in octal."""
+    encoding = encoding or getattr(sys.stdout, "encoding", None) or "utf-8"
+
+    def plain(ch: str) -> bool:
+        if not ch.isprintable() or ch in _ESCAPES:
+            return False
+        try:
+            ch.encode(encoding)
+            return True
+        except UnicodeEncodeError:  # also every surrogate escape
+            return False
+
+    if all(plain(ch) for ch in text):
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif plain(ch):
+            out.append(ch)
+        else:
+            try:
+                raw = ch.encode("utf-8", "surrogateescape")  # a byte of a name that is not UTF-8
+            except UnicodeEncodeError:
+                raw = ch.encode("utf-8", "surrogatepass")  # a lone surrogate from JSON
+            out.extend(f"\\{b:03o}" for b in raw)
+    return '"' + "".join(out) + '"'
+
+
 def _warn(msg: str) -> None:
     print(f"vmamba-rt: warning: {msg}", file=sys.stderr)
 
@@ -65,14 +101,14 @@ def _emit(args, path: str, preds=None, error: str | None = None, bar=None) -> No
             row["error"] = error
         lines = [json.dumps(row)]
     elif error is None:
-        lines = [path] + [f"  {prob:7.2%}  {label}" for label, prob in preds]
+        lines = [shown(path)] + [f"  {prob:7.2%}  {shown(label)}" for label, prob in preds]
     else:
         lines = []
     write = (lambda s, file: bar.write(s, file=file)) if bar is not None else (lambda s, file: print(s, file=file))
     for line in lines:
         write(line, sys.stdout)
     if error is not None:
-        write(f"vmamba-rt: error: {path}: {error}", sys.stderr)
+        write(f"vmamba-rt: error: {shown(path)}: {error}", sys.stderr)
 
 
 def _cmd_classify(args) -> int:
@@ -253,7 +289,9 @@ def _cmd_serve(args) -> int:
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(vray.deployment(args.model, topk=args.topk, num_replicas=args.replicas,
                               num_cpus=args.cpus_per_worker, num_threads=args.threads,
-                              max_batch_size=args.batch, device=args.device, dtype=args.dtype),
+                              max_batch_size=args.batch, device=args.device, dtype=args.dtype,
+                              max_body_bytes=args.max_body_mb << 20, body_timeout_s=args.body_timeout,
+                              max_ongoing_requests=args.max_ongoing),
               name="vmamba-rt", route_prefix="/")
     print(f"serving at http://{args.host}:{args.port}/ : POST an image, get its top {args.topk} as JSON "
           "(Ctrl-C stops)", file=sys.stderr, flush=True)
@@ -283,6 +321,7 @@ def _add_model_options(p, *, batch: int, batch_help: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .ray import BODY_TIMEOUT_S, MAX_BODY_BYTES, MAX_ONGOING_REQUESTS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="vmamba-rt", description="Run VMamba vision models without PyTorch.",
@@ -324,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on")
     v.add_argument("--port", type=_positive, default=8000, help="port to listen on")
     v.add_argument("--replicas", type=_positive, default=1, help="model replicas")
+    v.add_argument("--max-body-mb", type=_positive, default=MAX_BODY_BYTES >> 20,
+                   help="largest request body (MiB): larger ones get 413 before they are read")
+    v.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S,
+                   help="seconds a request body may take to arrive (then 408)")
+    v.add_argument("--max-ongoing", type=_positive, default=MAX_ONGOING_REQUESTS,
+                   help="requests a replica takes at once, slow uploads included")
     _add_model_options(v, batch=16, batch_help="most requests batched into one forward pass")
     v.set_defaults(func=_cmd_serve)
 

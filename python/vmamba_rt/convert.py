@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, configfile
 from .checkpoint import LazyTensor, _short, load_pth
 from .errors import ConversionError, VMambaError
 
@@ -328,58 +328,42 @@ def default_metadata(cfg: dict) -> dict[str, str]:
     return meta
 
 
-def _yaml_config(path: str, depth: int = 0) -> dict:
-    """An official yacs yaml file, with its ``_BASE_`` files merged under it."""
-    try:
-        import yaml
-    except ImportError:
-        raise ConversionError(f"{path}: reading yaml configs needs PyYAML (pip install pyyaml)") from None
-    if depth > 8:
-        raise ConversionError(f"{path}: _BASE_ files nested more than 8 deep")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(1 << 20)
-        doc = yaml.safe_load(text) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConversionError(f"{path}: cannot read the config: {e}") from None
-    if not isinstance(doc, dict):
-        raise ConversionError(f"{path}: not a yacs config (a mapping at the top)")
-    merged: dict = {}
-    bases = doc.pop("_BASE_", None) or []
-    for base in [bases] if isinstance(bases, str) else bases:
-        _merge(merged, _yaml_config(os.path.join(os.path.dirname(path), str(base)), depth + 1))
-    return _merge(merged, doc)
+# MODEL.VSSM keys of the official config.py (every version): a key outside them is
+# a typo or another model's, which yacs itself would refuse.
+_VSSM_KEYS = frozenset((
+    "PATCH_SIZE", "IN_CHANS", "DEPTHS", "EMBED_DIM", "SSM_D_STATE", "SSM_RATIO", "SSM_RANK_RATIO", "SSM_DT_RANK",
+    "SSM_ACT_LAYER", "SSM_CONV", "SSM_CONV_BIAS", "SSM_DROP_RATE", "SSM_INIT", "SSM_FORWARDTYPE", "MLP_RATIO",
+    "MLP_ACT_LAYER", "MLP_DROP_RATE", "PATCH_NORM", "NORM_LAYER", "DOWNSAMPLE", "PATCHEMBED", "GMLP", "POSEMBED"))
 
 
-def _merge(into: dict, new: dict) -> dict:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
-    return into
+def _runtime_keys() -> frozenset:
+    """The fields of a runtime config, as the native core writes one."""
+    return frozenset(json.loads(_native.Model.preset_json("vmamba-tiny-s1l8")))
 
 
 def arch_config(arch: str | os.PathLike | dict, src: str) -> dict:
     """The runtime config from what a user names: the official yaml (``.yaml``),
-    a runtime config (``.json``, or ``model.config``), or a yacs dict."""
+    a runtime config (``.json``, or ``model.config``), or a yacs dict. Files are
+    read by :mod:`configfile` (bounded; typed errors naming the file)."""
     where = src
     if not isinstance(arch, dict):
         where = os.fspath(arch)
-        if where.endswith((".yaml", ".yml")):
-            arch = _yaml_config(where)
-        else:
-            try:
-                with open(where, encoding="utf-8") as f:
-                    arch = json.loads(f.read(1 << 20))
-            except (OSError, UnicodeDecodeError, ValueError) as e:
-                raise ConversionError(f"{where}: cannot read the config: {e}") from None
+        arch = configfile.load_yacs(where) if where.endswith((".yaml", ".yml")) else configfile.load_json(where)
+    else:
+        configfile.check_tree(arch, where)
     if isinstance(arch, dict) and "MODEL" in arch:
+        vssm = arch["MODEL"].get("VSSM") if isinstance(arch["MODEL"], dict) else None
+        unknown = sorted(set(vssm) - _VSSM_KEYS) if isinstance(vssm, dict) else []
+        if unknown:
+            raise ConversionError(f"{where}: config field MODEL.VSSM.{_short(unknown[0], 40)} is not an official key")
         cfg = config_from_yacs(arch, where)
         if cfg is None:
             raise ConversionError(f"{where}: the config has no MODEL.VSSM.DEPTHS")
         return cfg
     if isinstance(arch, dict) and "dims" in arch:
+        unknown = sorted(set(arch) - _runtime_keys())
+        if unknown:
+            raise ConversionError(f"{where}: config field {_short(unknown[0], 40)} is not a runtime config field")
         return dict(arch)
     raise ConversionError(f"{where}: neither an official yacs config (MODEL.VSSM) nor a runtime config (dims, depths, ...)")
 

@@ -23,15 +23,20 @@ def imagenet_labels() -> list[str]:
 
 
 def labels_from_metadata(metadata: dict, num_classes: int) -> list[str]:
-    """Names stored in the weights, else class indices as strings."""
+    """Names stored in the weights, else class indices as strings. The entry's
+    size is checked against what ``num_classes`` names can need before it is parsed."""
+    from ._native import LIMITS
     from .errors import VMambaError
 
     raw = metadata.get(META_LABELS)
+    limit = 64 + num_classes * LIMITS["label_bytes"]
+    if raw and (not isinstance(raw, str) or len(raw) > limit):
+        raise VMambaError(f"{META_LABELS} holds more than {limit} bytes, more than {num_classes} names need")
     try:
         labels = json.loads(raw) if raw else []
     except (ValueError, RecursionError) as e:
         raise VMambaError(f"{META_LABELS} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
-    if not isinstance(labels, list) or not all(isinstance(v, (str, int)) for v in labels):
+    if not isinstance(labels, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in labels):
         raise VMambaError(f"{META_LABELS} must be a JSON list of names")
     if len(labels) != num_classes:
         return [str(i) for i in range(num_classes)]

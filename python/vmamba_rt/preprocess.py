@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import _native
+from .checkpoint import _short
 from .errors import VMambaError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,7 +32,10 @@ META_PREPROCESS = _native.FORMAT["preprocess"]
 # default is Pillow's decompression-bomb limit; the Rust path uses the same.
 DEFAULT_MAX_PIXELS = 89_478_485
 MAX_PIXELS_ENV = "VMAMBA_RT_MAX_IMAGE_PIXELS"
-MAX_INPUT_SIZE = 4096
+MAX_INPUT_SIZE = _native.LIMITS["input_size"]
+# The raster formats decoded (Pillow's names), the same as the Rust core's image
+# features: Pillow's other plugins stay unused, EPS among them, which runs Ghostscript.
+IMAGE_FORMATS = tuple(_native.IMAGE_FORMATS)
 
 
 def max_pixels() -> int:
@@ -70,38 +74,56 @@ class Preprocess:
             raise VMambaError(f"preprocess {what}")
 
         if self.resize not in ("crop", "squash"):
-            bad(f"resize must be 'crop' or 'squash', got {self.resize!r}")
+            bad(f"resize must be 'crop' or 'squash', got {_short(self.resize)}")
         if self.interpolation not in _INTERPOLATION:
-            bad(f"interpolation {self.interpolation!r} is unknown (known: {sorted(_INTERPOLATION)})")
+            bad(f"interpolation {_short(self.interpolation)} is unknown (known: {sorted(_INTERPOLATION)})")
         if type(self.input_size) is not int or not 1 <= self.input_size <= MAX_INPUT_SIZE:
-            bad(f"input_size must be an integer in 1..{MAX_INPUT_SIZE}, got {self.input_size!r}")
+            bad(f"input_size must be an integer in 1..{MAX_INPUT_SIZE}, got {_short(self.input_size)}")
         if not isinstance(self.resize_ratio, (int, float)) or not 0 < self.resize_ratio <= 16:
-            bad(f"resize_ratio must be in (0, 16], got {self.resize_ratio!r}")
+            bad(f"resize_ratio must be in (0, 16], got {_short(self.resize_ratio)}")
         for name, v in (("mean", self.mean), ("std", self.std)):
-            if len(v) != 3 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
-                bad(f"{name} must be 3 finite numbers, got {v!r}")
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                      and math.isfinite(x) for x in v):
+                bad(f"{name} must be 3 finite numbers, got {_short(v)}")
         if min(self.std) <= 0:
             bad(f"std must be positive, got {self.std!r}")
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "Preprocess":
-        """Settings from a weights header; ImageNet evaluation defaults when absent."""
+        """Settings from a weights header; ImageNet evaluation defaults when absent.
+        Types and sizes are checked before any value is converted, and no message
+        quotes more than a few characters of what the header holds."""
         raw = metadata.get(META_PREPROCESS)
         if not raw:
             return cls()
+        limit = _native.LIMITS["metadata_entry_bytes"][META_PREPROCESS]
+        if not isinstance(raw, str) or len(raw) > limit:
+            raise VMambaError(f"{META_PREPROCESS} is not valid: more than {limit} bytes of JSON")
         try:
             d = json.loads(raw)
-            if not isinstance(d, dict):
-                raise TypeError(f"a JSON object is needed, got {type(d).__name__}")
-            known = {k: d[k] for k in ("input_size", "resize", "resize_ratio", "interpolation") if k in d}
-            for k in ("mean", "std"):
-                if k in d:
-                    known[k] = tuple(float(v) for v in d[k])
+        except (ValueError, RecursionError) as e:
+            raise VMambaError(f"{META_PREPROCESS} is not valid: {type(e).__name__}: {str(e)[:200]}") from None
+        if not isinstance(d, dict):
+            raise VMambaError(f"{META_PREPROCESS} is not valid: a JSON object is needed, got {type(d).__name__}")
+        known = {}
+        for k, kind in (("input_size", int), ("resize", str), ("resize_ratio", (int, float)),
+                        ("interpolation", str)):
+            if k in d:
+                if isinstance(d[k], bool) or not isinstance(d[k], kind):
+                    raise VMambaError(f"{META_PREPROCESS} {k} must be a {'number' if k == 'resize_ratio' else kind.__name__}, "
+                                      f"got a {type(d[k]).__name__}")
+                known[k] = d[k]
+        for k in ("mean", "std"):
+            if k in d:
+                v = d[k]
+                if not isinstance(v, list) or len(v) != 3:
+                    got = f"{len(v)} entries" if isinstance(v, list) else f"a {type(v).__name__}"
+                    raise VMambaError(f"{META_PREPROCESS} {k} must be 3 finite numbers, got {got}")
+                known[k] = tuple(v)
+        try:
             return cls(**known)
         except VMambaError as e:
             raise VMambaError(f"{META_PREPROCESS}: {e}") from None
-        except (ValueError, TypeError, RecursionError, OverflowError) as e:
-            raise VMambaError(f"{META_PREPROCESS} is not valid: {type(e).__name__}: {str(e)[:200]}") from None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -193,7 +215,7 @@ def _decode(source, name: str) -> Image.Image:
     """Decode a file or file-like object, refusing it from its header if it is over the pixel limit."""
     limit = max_pixels()
     try:
-        with Image.open(source) as im:  # reads the header only
+        with Image.open(source, formats=IMAGE_FORMATS) as im:  # reads the header only
             w, h = im.size
             if w * h > limit:
                 raise VMambaError(f"cannot read image {name}: {w}x{h} pixels is over the limit of {limit} ({MAX_PIXELS_ENV})")
@@ -202,11 +224,27 @@ def _decode(source, name: str) -> Image.Image:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own cap, at twice its warning size
         raise VMambaError(f"cannot read image {name}: over the limit of {limit} pixels ({MAX_PIXELS_ENV}): {e}") from None
+    except Image.UnidentifiedImageError:
+        raise VMambaError(f"cannot read image {name}: not an image in one of the formats read "
+                          f"({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
         raise VMambaError(f"cannot read image {name}: {type(e).__name__}: {e}") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I"):  # 16-bit (or 32-bit integer) gray: keep the top 8 bits
-        img = Image.fromarray((np.asarray(img).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
+        img = _top_byte(img)
     return img.convert("RGB")
+
+
+def _top_byte(img: Image.Image) -> Image.Image:
+    """An integer gray image (mode I, I;16...) as 8-bit gray, its values >> 8 clipped
+    to 255, converted a band of rows at a time: whole-image integer temporaries
+    cost several times the image (2 GB for a 9459x9459 mode-I TIFF)."""
+    w, h = img.size
+    out = np.empty((h, w), np.uint8)
+    rows = max(1, (1 << 20) // max(w, 1))  # about a million pixels a band
+    for top in range(0, h, rows):
+        band = np.asarray(img.crop((0, top, w, min(h, top + rows))))
+        out[top : top + rows] = np.clip(band >> 8, 0, 255)
+    return Image.fromarray(out)

@@ -125,19 +125,85 @@ def read_inputs(inputs: list[str]):
     return ray.data.from_items([{"path": os.path.abspath(p)} for p in paths])
 
 
+# The HTTP endpoint's defaults: a body larger than any real image is refused
+# before it is read whole, and a slow one is cut off, so that neither can hold
+# the replica's memory or its request slots for long.
+MAX_BODY_BYTES = 32 << 20
+BODY_TIMEOUT_S = 10.0
+MAX_ONGOING_REQUESTS = 16
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _LengthRequired(Exception):
+    pass
+
+
+def _give_back_memory() -> None:
+    """Return the allocator's free pages to the OS (glibc): the chunks of a refused
+    body are freed, but glibc keeps them in its heap once its mapping threshold has
+    risen, and the replica would stay that much larger."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body, refused (``_BodyTooLarge``) past ``max_bytes`` — by its
+    Content-Length before a byte is read, or as it streams in (a client that
+    lies) — refused without one (``_LengthRequired``), and cut off
+    (``asyncio.TimeoutError``) if it takes more than ``timeout_s`` in all."""
+    import asyncio
+
+    length = request.headers.get("content-length")
+    if length is None:
+        # A chunked body reaches the replica in batches that Ray's proxy sizes,
+        # not we: one held 100 MB of a 200 MB body before a byte could be counted.
+        raise _LengthRequired
+    if not length.isdigit() or int(length) > max_bytes:
+        raise _BodyTooLarge
+    body = bytearray()
+
+    async def read():
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                raise _BodyTooLarge
+
+    await asyncio.wait_for(read(), timeout_s)
+    return bytes(body)
+
+
 def deployment(model=None, *, topk: int = 5, num_replicas: int = 1, num_cpus: float = 1,
                num_threads: int | None = None, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005,
-               device: str = "cpu", dtype: str = "float32"):
+               device: str = "cpu", dtype: str = "float32", max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout_s: float = BODY_TIMEOUT_S, max_ongoing_requests: int = MAX_ONGOING_REQUESTS):
     """A Ray Serve application classifying POSTed images: ``serve.run(deployment(...))``.
 
     Response: ``{"top": [{"label": ..., "prob": ...}, ...]}``; a body that is not a
-    readable image gets HTTP 400 with ``{"error": ...}``.
+    readable image gets HTTP 400 with ``{"error": ...}``, one over
+    ``max_body_bytes`` 413 (refused by its Content-Length before it is read), one
+    without a Content-Length 411, one that takes over ``body_timeout_s`` to arrive 408. Each replica takes
+    ``max_ongoing_requests`` requests at once (slow uploads included).
     """
+    import asyncio
+
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    @serve.deployment(num_replicas=num_replicas,
+    for name, value in (("max_body_bytes", max_body_bytes), ("body_timeout_s", body_timeout_s),
+                        ("max_ongoing_requests", max_ongoing_requests)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise VMambaError(f"{name} must be a positive number, got {value!r}")
+
+    @serve.deployment(num_replicas=num_replicas, max_ongoing_requests=max_ongoing_requests,
                       ray_actor_options={"num_cpus": num_cpus, "num_gpus": 1 if device == "cuda" else 0})
     class VMambaClassifier:
         def __init__(self):
@@ -151,11 +217,23 @@ def deployment(model=None, *, topk: int = 5, num_replicas: int = 1, num_cpus: fl
             return self.model.classify(np.stack(images), self.topk)
 
         async def __call__(self, request: Request):
-            body = await request.body()
+            try:
+                body = await read_body(request, max_body_bytes, body_timeout_s)
+            except _BodyTooLarge:
+                _give_back_memory()
+                return JSONResponse({"error": f"the body is over the limit of {max_body_bytes} bytes"},
+                                    status_code=413)
+            except _LengthRequired:
+                return JSONResponse({"error": "the request needs a Content-Length header"}, status_code=411)
+            except asyncio.TimeoutError:
+                _give_back_memory()
+                return JSONResponse({"error": f"the body took over {body_timeout_s} s to arrive"}, status_code=408)
             try:
                 x = self.model.preprocess(body)
             except (VMambaError, OSError, TypeError) as e:
                 return JSONResponse({"error": str(e)}, status_code=400)
+            finally:
+                del body
             top = await self._classify(x)
             return {"top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
 
@@ -163,4 +241,3 @@ def deployment(model=None, *, topk: int = 5, num_replicas: int = 1, num_cpus: fl
             self.model(np.zeros((1, 3, self.model.min_size, self.model.min_size), np.float32))
 
     return VMambaClassifier.bind()
-

@@ -343,6 +343,23 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         format.set_item(short, key)?;
     }
     m.add("FORMAT", format)?;
+    // The core's limits, for the Python checks that come before it.
+    let limits = PyDict::new(m.py());
+    let entry_bytes = PyDict::new(m.py());
+    for (key, max) in vmamba_rt::format::MAX_ENTRY_BYTES {
+        entry_bytes.set_item(key, max)?;
+    }
+    limits.set_item("metadata_entry_bytes", entry_bytes)?;
+    limits.set_item("label_bytes", vmamba_rt::format::MAX_LABEL_BYTES)?;
+    limits.set_item("dims", vmamba_rt::Config::MAX_DIMS)?;
+    limits.set_item("blocks", vmamba_rt::Config::MAX_DEPTH)?;
+    limits.set_item("classes", vmamba_rt::Config::MAX_CLASSES)?;
+    limits.set_item("input_size", vmamba_rt::preprocess::MAX_INPUT_SIZE)?;
+    m.add("LIMITS", limits)?;
+    m.add(
+        "IMAGE_FORMATS",
+        vmamba_rt::preprocess::IMAGE_FORMATS.to_vec(),
+    )?;
     ops::register(m)?;
     Ok(())
 }

@@ -148,6 +148,8 @@ fn run_op<'py>(
 ) -> PyResult<Vec<Bound<'py, numpy::PyArray1<f32>>>> {
     let op: vmamba_rt::plan::Op =
         serde_json::from_str(op_json).map_err(|e| VMambaError::new_err(format!("bad op: {e}")))?;
+    // The op's sizes first: packing a linear weight trusts its out and inp.
+    op.needs().map_err(VMambaError::new_err)?;
     let mut bufs: Vec<Vec<f32>> = buffers.iter().map(|b| b.as_array().to_vec()).collect();
     // A linear op's weight is packed for the GEMM, as the model does at load.
     let linear = match op {

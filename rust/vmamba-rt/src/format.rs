@@ -35,6 +35,48 @@ pub const ENTRIES: [(&str, &str); 7] = [
     ("name", META_NAME),
 ];
 
+/// Most bytes each fixed entry may hold: real ones hold a few hundred, and a
+/// header of up to 100 MB must not turn into gigabytes of parsed values or into
+/// an error message that quotes it.
+pub const MAX_ENTRY_BYTES: [(&str, usize); 5] = [
+    (META_FORMAT, 16),
+    (META_CONFIG, 1 << 16),
+    (META_PREPROCESS, 4096),
+    (META_SOURCE, 4096),
+    (META_NAME, 256),
+];
+/// Most bytes the labels entry may hold per class (a JSON string and its comma).
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// Refuse an entry larger than its bound, by name and size (its value is never quoted).
+pub fn check_entry_sizes(meta: &HashMap<String, String>) -> Result<()> {
+    for (key, max) in MAX_ENTRY_BYTES {
+        check_size(meta, key, max)?;
+    }
+    Ok(())
+}
+
+/// Refuse a labels entry larger than `num_classes` names can need.
+pub fn check_labels_size(meta: &HashMap<String, String>, num_classes: usize) -> Result<()> {
+    check_size(
+        meta,
+        META_LABELS,
+        num_classes
+            .saturating_mul(MAX_LABEL_BYTES)
+            .saturating_add(64),
+    )
+}
+
+fn check_size(meta: &HashMap<String, String>, key: &str, max: usize) -> Result<()> {
+    match meta.get(key) {
+        Some(text) if text.len() > max => Err(Error::Config(format!(
+            "metadata entry '{key}' holds {} bytes, over its limit of {max}",
+            text.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Refuse a file written in a layout this runtime does not know. Files without
 /// the entry predate it and are read as version 1.
 pub fn check_version(meta: &HashMap<String, String>) -> Result<()> {
@@ -47,7 +89,8 @@ pub fn check_version(meta: &HashMap<String, String>) -> Result<()> {
             "written in format {v} by a newer vmamba-rt; this one reads format {FORMAT_VERSION}: upgrade vmamba-rt"
         ))),
         _ => Err(Error::Config(format!(
-            "'{META_FORMAT}' is {text:?}, not a format version"
+            "'{META_FORMAT}' is {:?}, not a format version",
+            text.chars().take(16).collect::<String>()
         ))),
     }
 }
@@ -67,5 +110,21 @@ mod tests {
             "{err}"
         );
         assert!(check_version(&meta("one")).is_err());
+    }
+
+    #[test]
+    fn oversized_entries_are_refused_without_quoting_them() {
+        let big = "7".repeat(5000);
+        let meta = HashMap::from([(META_PREPROCESS.to_string(), big.clone())]);
+        let err = check_entry_sizes(&meta).unwrap_err().to_string();
+        assert!(
+            err.contains("'vmamba_rt.preprocess' holds 5000 bytes"),
+            "{err}"
+        );
+        assert!(!err.contains("7777"), "{err}");
+        let labels = HashMap::from([(META_LABELS.to_string(), big)]);
+        assert!(check_labels_size(&labels, 5).is_ok());
+        assert!(check_labels_size(&labels, 4).is_err());
+        assert!(check_entry_sizes(&labels).is_ok());
     }
 }

@@ -291,7 +291,14 @@ impl Op {
     pub fn needs(&self) -> std::result::Result<Vec<(BufId, usize)>, String> {
         let kind = self.kind();
         let overflow = || format!("{kind} op: its sizes overflow");
-        let prod = |dims: &[usize]| elements(dims).ok_or_else(overflow);
+        // A product of sizes, refused where it overflows even with its zero sizes
+        // taken as 1: an empty batch must not hide a per-image size that wraps
+        // (the kernels step through the batch by it).
+        let prod = |dims: &[usize]| {
+            let at_least_one: Vec<usize> = dims.iter().map(|&d| d.max(1)).collect();
+            elements(&at_least_one).ok_or_else(overflow)?;
+            elements(dims).ok_or_else(overflow)
+        };
         // `rows` rows of `c` elements, `stride` apart, the first at `offset`.
         let strided =
             |rows, stride, offset, c| extent(rows, stride, offset, c).ok_or_else(overflow);
@@ -930,6 +937,16 @@ mod tests {
         let wraps = linear((1 << 63) + 1, 2).needs().unwrap_err();
         assert!(wraps.contains("linear op: its sizes overflow"), "{wraps}");
         assert_eq!(linear(5, 0).needs().unwrap_err(), "linear op: inp is 0");
+        // An empty batch hides no per-image size that wraps.
+        let empty_batch = Op::ToChannelsLast {
+            src: 0,
+            dst: 1,
+            b: 0,
+            c: 1 << 62,
+            h: 64,
+            w: 64,
+        };
+        assert!(empty_batch.needs().is_err());
         let strided = Op::Pointwise {
             src: 0,
             src_stride: 10,

@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
 pub const MAX_PIXELS_ENV: &str = "VMAMBA_RT_MAX_IMAGE_PIXELS";
 /// Largest model input side a weights file may ask for.
 pub const MAX_INPUT_SIZE: usize = 4096;
+/// The image formats read, by Pillow's names: the `image` crate's features, and
+/// the list the Python package hands Pillow (which would otherwise open any
+/// format it has a plugin for, EPS through Ghostscript among them).
+pub const IMAGE_FORMATS: [&str; 7] = ["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM"];
 
 /// The pixel limit in force: [`MAX_PIXELS_ENV`] when set, else [`DEFAULT_MAX_PIXELS`].
 pub fn max_pixels() -> Result<u64> {
@@ -128,6 +132,7 @@ pub struct Rgb8 {
 impl Preprocess {
     /// Settings from a weights header; the ImageNet defaults when absent.
     pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self> {
+        crate::format::check_entry_sizes(meta)?;
         let p: Preprocess = match meta.get(META_PREPROCESS) {
             Some(text) => serde_json::from_str(text)
                 .map_err(|e| Error::Config(format!("{META_PREPROCESS}: {e}")))?,

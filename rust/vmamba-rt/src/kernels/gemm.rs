@@ -138,6 +138,14 @@ impl PackedWeight {
             "pack: weight is not {n}x{k}"
         );
         w.resize(packed_len(n, k), 0.0); // the last panel's missing rows are zeros
+        if w.is_empty() {
+            // No panels (n or k is 0): nothing to lay out, and no panel buffer of NR * k.
+            return PackedWeight {
+                n,
+                k,
+                panels: Panels::F32(w),
+            };
+        }
         let mut rows = vec![0.0f32; NR * k]; // one panel, as rows of W
         for panel in w.chunks_mut(NR * k.max(1)) {
             rows.copy_from_slice(panel);

@@ -137,13 +137,16 @@ impl VMamba {
             Weights::open(path)?
         };
         let build = || {
+            crate::format::check_entry_sizes(ws.metadata())?;
             crate::format::check_version(ws.metadata())?;
             let text = ws.metadata().get(META_CONFIG).ok_or_else(|| {
                 Error::Config(format!(
                     "no '{META_CONFIG}' entry in the header metadata; convert the checkpoint with `vmamba-rt convert`"
                 ))
             })?;
-            Self::from_weights_as(Config::from_json(text)?, &ws, options.weight_type)
+            let config = Config::from_json(text)?;
+            crate::format::check_labels_size(ws.metadata(), config.num_classes)?;
+            Self::from_weights_as(config, &ws, options.weight_type)
         };
         let model = build().map_err(|e| e.in_file(path));
         drop(ws);
