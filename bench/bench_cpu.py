@@ -2,9 +2,11 @@
 
 Each row runs in a fresh process so its peak RSS is its own. The machine's
 sgemm rate (best of several float32 2048x2048 numpy matmuls) is measured in the
-same run on 1 and on all threads, and every row reports its FLOP rate as a
-fraction of the rate for its thread count; rows come with float32 and with
-bfloat16 weights. Then, for vmamba-tiny-s1l8 at 224: the time of each kind of
+same run on 1 and on all threads, with numpy free to pick its best kernel
+(OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which some hosts set to pin an older
+one, are unset in the children that measure numpy alone), and every row reports
+its FLOP rate as a fraction of the rate for its thread count; rows come with
+float32 and with bfloat16 (bf16 arithmetic where the CPU has AVX512_BF16). Then, for vmamba-tiny-s1l8 at 224: the time of each kind of
 op in one forward pass (`VMamba::profile`), on 1 and on all threads, and the
 model's own GEMM shapes (read from its execution plan): numpy's GEMM against
 ours, float32 and bfloat16 weights, on 1 and on all threads.
@@ -56,11 +58,11 @@ def blas_env(threads: int) -> dict:
                 MKL_NUM_THREADS=str(threads))
 
 
-def child(args: list, threads: int = 1, python: str = sys.executable):
+def child(args: list, threads: int = 1, python: str = sys.executable, env=None):
     """Run this script's child mode `args` in a fresh process (numpy's BLAS on
-    `threads` threads) and return the JSON of its last line."""
+    `threads` threads, or the environment `env`) and return the JSON of its last line."""
     out = subprocess.run([python, __file__, *map(str, args)], capture_output=True, text=True, check=True,
-                         env=blas_env(threads))
+                         env=env or blas_env(threads))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,12 +72,51 @@ def print_header(hdr: str) -> None:
     print("|" + "|".join("-" * len(c) for c in hdr.split("|")[1:-1]) + "|")
 
 
-def sgemm_child(threads: int) -> float:
-    """numpy's sgemm rate with its BLAS on `threads` threads (set before numpy loads)."""
-    env = blas_env(threads)
-    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import bench_cpu; print(bench_cpu.sgemm_gflops())"
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                env=env).stdout.strip().splitlines()[-1])
+# Set by some workplaces for old OpenBLAS builds: they pin numpy to an older,
+# slower kernel (Haswell's on an AVX-512 CPU), which would make the reference a
+# low bar. Unset in the children that measure numpy's GEMM, and nowhere else.
+PINNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def reference_env(threads: int) -> dict:
+    """``blas_env`` without the variables that pin OpenBLAS to an older kernel."""
+    return {k: v for k, v in blas_env(threads).items() if k not in PINNING}
+
+
+def blas_kernel() -> str:
+    """Which BLAS numpy runs and the kernel it picked (threadpoolctl), as one line."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl to name it)"
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl inspects)
+
+    return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')}".strip()
+                     for i in threadpool_info() if i.get("user_api") == "blas") or "none found"
+
+
+def sgemm_child(threads: int) -> tuple[float, str]:
+    """numpy's sgemm rate with its BLAS on `threads` threads (set before numpy
+    loads) and free to pick its best kernel, with the kernel it ran."""
+    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(__file__)!r}); import bench_cpu;"
+            "print(json.dumps([bench_cpu.sgemm_gflops(), bench_cpu.blas_kernel()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=reference_env(threads)).stdout.strip().splitlines()[-1]
+    rate, kernel = json.loads(out)
+    return rate, kernel
+
+
+def host() -> str:
+    """The CPU's model name and the flags that decide which kernels run."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    family = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("cpu family")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16")
+    return f"{name} (family {family}), {os.cpu_count()} cores; {' '.join(f for f in wanted if f in flags)}"
 
 
 def gemm_shapes(preset: str, res: int) -> list[tuple[tuple[int, int, int], int]]:
@@ -185,7 +226,8 @@ def main():
         if args.rounds > 1:
             print(f"round {rnd + 1} of {args.rounds}", file=sys.stderr, flush=True)
         for t in thread_counts:
-            peak[t] = max(peak[t], sgemm_child(t))
+            rate, kernel = sgemm_child(t)
+            peak[t] = max(peak[t], rate)
         for row in rows:
             preset, dtype, res, batch, threads = row
             # numpy's OpenBLAS threads would spin beside ours in the child; it needs no BLAS (1 thread).
@@ -196,9 +238,14 @@ def main():
     import vmamba_rt
 
     info = vmamba_rt.cpu_info()
-    print(f"CPU engine: {info['kernels']} kernels; bf16 instructions: {', '.join(info['bf16_instructions']) or 'none'}"
-          " (no kernel of this release uses them)")
-    print(f"machine sgemm (numpy, 2048^3 fp32, best of 5{rounds}): "
+    print(f"host: {host()}")
+    bf16 = ("bf16 arithmetic (vdpbf16ps)" if info["bf16_kernel"] == "avx512_bf16"
+            else "bf16 weights widened to f32 (no AVX512_BF16 kernel here)")
+    print(f"CPU engine: {info['kernels']} kernels; bf16 instructions: {', '.join(info['bf16_instructions']) or 'none'};"
+          f" dtype=bfloat16 runs {bf16}")
+    pinned = ", ".join(f"{k}={os.environ[k]}" for k in PINNING if k in os.environ)
+    print(f"machine sgemm (numpy, 2048^3 fp32, best of 5{rounds}; {kernel}"
+          + (f"; {pinned} unset for it" if pinned else "") + "): "
           + ", ".join(f"{peak[t]:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t in thread_counts))
     hdr = f"| {'model':<20} | weights  | res | batch | threads | ms/img | img/s | GFLOP/s | of sgemm | peak RSS MB |"
     print_header(hdr)
@@ -217,8 +264,10 @@ def main():
             if cores > 1:
                 one, all_ = times[(preset, dtype, 224, 1, 1)], times[(preset, dtype, 224, 1, cores)]
                 print(f"{preset} {dtype} 224 batch 1: {cores} threads take {all_ / one:.2f}x the 1-thread time")
-        bf16, fp32 = (times[(preset, d, 224, 1, cores)] for d in DTYPES[::-1])
-        print(f"{preset} 224 batch 1, {cores} threads: bfloat16 takes {bf16 / fp32:.2f}x the float32 time")
+        for batch, threads in [(1, 1), (1, cores), (8, cores)] if cores > 1 else [(1, 1), (8, 1)]:
+            bf16, fp32 = (times[(preset, d, 224, batch, threads)] for d in DTYPES[::-1])
+            print(f"{preset} 224 batch {batch}, {threads} thread{'s' * (threads > 1)}: bfloat16 takes"
+                  f" {bf16 / fp32:.2f}x the float32 time")
 
     # The model's GEMM shapes, ours against numpy's, on each thread count.
     preset = "vmamba-tiny-s1l8"
@@ -246,7 +295,7 @@ def main():
 
     rates = {}
     for t in thread_counts:
-        for who, r in child(["--reps", args.reps, "--gemm-child", preset, 224, t], threads=t).items():
+        for who, r in child(["--reps", args.reps, "--gemm-child", preset, 224, t], env=reference_env(t)).items():
             rates[who, t] = r
     print(f"\n{preset} at 224, batch 1: its GEMM shapes (M, K, N); GFLOP/s of numpy's, of ours with float32"
           " weights and of ours with bfloat16 weights (best of 3 interleaved rounds), and ours over numpy's")

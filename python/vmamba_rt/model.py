@@ -34,8 +34,11 @@ def check_device(device: str, dtype: str) -> None:
 
 def cpu_info() -> dict:
     """What the CPU engine runs on this CPU: ``{"kernels": "avx512" | "avx2+fma" |
-    "x86-64" | "neon" | "portable", "bf16_instructions": [...]}``, the latter
-    naming the CPU's bf16 arithmetic ("avx512_bf16", "amx_bf16", "bf16" on Arm)."""
+    "x86-64" | "neon" | "portable", "bf16_instructions": [...], "bf16_kernel":
+    "avx512_bf16" | "widened"}``: the CPU's bf16 arithmetic ("avx512_bf16",
+    "amx_bf16", "bf16" on Arm), and how ``dtype="bfloat16"`` multiplies (in bf16
+    arithmetic, or its weights widened to float32; ``VMAMBA_RT_BF16_DOT=0``
+    forces the latter)."""
     return dict(_native.cpu_info())
 
 
@@ -52,11 +55,16 @@ def _cpu_weights(device: str, dtype: str) -> str:
     if dtype == "bfloat16":
         info = cpu_info()
         has = info["bf16_instructions"]
-        cpu = (f"this CPU has {', '.join(has)}, which no kernel of this release uses yet" if has
-               else "this CPU has no bf16 instructions (AVX512_BF16, AMX or Arm BF16)")
-        warnings.warn(f"dtype='bfloat16' on the CPU: the linear weights are stored in bf16 (half the memory) and "
-                      f"widened to float32 in the GEMMs ({info['kernels']} kernels), at about the float32 speed; "
-                      f"{cpu}", BFloat16Warning, stacklevel=1)
+        if info["bf16_kernel"] == "avx512_bf16":
+            what = ("the linear layers run in bf16 arithmetic on this CPU's AVX512_BF16 (weights and their inputs "
+                    "rounded to bf16, products summed in float32); the scan, norms and softmax stay float32")
+        else:
+            cpu = (f"this CPU has {', '.join(has)}, which this kernel does not use" if has
+                   else "this CPU has no bf16 instructions (AVX512_BF16, AMX or Arm BF16)")
+            off = " (VMAMBA_RT_BF16_DOT=0)" if "avx512_bf16" in has else ""
+            what = (f"the linear weights are stored in bf16 (half the memory) and widened to float32 in the GEMMs "
+                    f"({info['kernels']} kernels){off}, at about the float32 speed; {cpu}")
+        warnings.warn(f"dtype='bfloat16' on the CPU: {what}", BFloat16Warning, stacklevel=1)
     return dtype
 
 

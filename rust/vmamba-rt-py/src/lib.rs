@@ -318,6 +318,7 @@ fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("kernels", info.kernels)?;
     d.set_item("bf16_instructions", info.bf16_instructions)?;
+    d.set_item("bf16_kernel", info.bf16_kernel)?;
     Ok(d)
 }
 

@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::bf16dot;
 use super::simd::{Fma, Fused};
 use super::{act, SharedMut};
 use crate::memory::{elements, extent};
@@ -113,7 +114,11 @@ pub struct PackedWeight {
 #[derive(Clone)]
 enum Panels {
     F32(Vec<f32>),
+    /// Widened to f32 in the tiles (activations stay f32).
     Bf16(Vec<Bf16>),
+    /// In pairs for the bf16 dot-product instruction (`bf16dot`: activations
+    /// rounded to bf16 too).
+    Bf16Pairs(Vec<Bf16>),
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -171,21 +176,56 @@ impl PackedWeight {
     pub fn dtype(&self) -> WeightType {
         match self.panels {
             Panels::F32(_) => WeightType::F32,
-            Panels::Bf16(_) => WeightType::Bf16,
+            Panels::Bf16(_) | Panels::Bf16Pairs(_) => WeightType::Bf16,
         }
     }
 
-    /// The same weight stored as `to` (the panels' layout does not depend on it;
-    /// nothing is copied when it is stored so already).
+    /// True when the product runs in bf16 arithmetic (`bf16dot`): a bf16 weight
+    /// on a CPU with AVX512_BF16.
+    pub fn bf16_arithmetic(&self) -> bool {
+        matches!(self.panels, Panels::Bf16Pairs(_))
+    }
+
+    /// The same weight stored as `to` (nothing is copied when it is stored so
+    /// already). bf16 runs in bf16 arithmetic where [`bf16dot::available`] says
+    /// so, else widened to f32 in the tiles.
     pub fn to_type(self, to: WeightType) -> Self {
-        let panels = match (self.panels, to) {
-            (Panels::F32(p), WeightType::Bf16) => {
+        let dot = to == WeightType::Bf16 && bf16dot::available();
+        self.to_layout(to, dot)
+    }
+
+    /// [`Self::to_type`] with the bf16 kernel named: `bf16_arithmetic` packs a
+    /// bf16 weight for `bf16dot` (which runs anywhere, vectorised only with
+    /// AVX512_BF16), else for the f32-widening tiles.
+    pub fn to_layout(self, to: WeightType, bf16_arithmetic: bool) -> Self {
+        let (n, k) = (self.n, self.k);
+        let panels = match (self.panels, to, bf16_arithmetic) {
+            (Panels::F32(p), WeightType::F32, _) => Panels::F32(p),
+            (Panels::F32(p), WeightType::Bf16, true) => Panels::Bf16Pairs(bf16dot::pack(&p, n, k)),
+            (Panels::F32(p), WeightType::Bf16, false) => {
                 Panels::Bf16(p.iter().map(|&v| Bf16::from_f32(v)).collect())
             }
-            (Panels::Bf16(p), WeightType::F32) => {
-                Panels::F32(p.iter().map(|v| v.to_f32()).collect())
+            (Panels::Bf16(p), WeightType::Bf16, false) => Panels::Bf16(p),
+            (Panels::Bf16Pairs(p), WeightType::Bf16, true) => Panels::Bf16Pairs(p),
+            // Between bf16 layouts, or back to f32: through the f32 panels.
+            (Panels::Bf16(p), to, dot) => {
+                let f32_panels = Panels::F32(p.iter().map(|v| v.to_f32()).collect());
+                return PackedWeight {
+                    n,
+                    k,
+                    panels: f32_panels,
+                }
+                .to_layout(to, dot);
             }
-            (same, _) => same,
+            (pairs @ Panels::Bf16Pairs(_), to, dot) => {
+                let w = PackedWeight {
+                    n,
+                    k,
+                    panels: pairs,
+                }
+                .unpack();
+                return PackedWeight::from_vec(w, n, k).to_layout(to, dot);
+            }
         };
         PackedWeight { panels, ..self }
     }
@@ -196,7 +236,11 @@ impl PackedWeight {
         let at = |i: usize| match &self.panels {
             Panels::F32(p) => p[i],
             Panels::Bf16(p) => p[i].to_f32(),
+            Panels::Bf16Pairs(_) => unreachable!("unpacked by bf16dot"),
         };
+        if let Panels::Bf16Pairs(p) = &self.panels {
+            return bf16dot::unpack(p, n, k);
+        }
         let mut w = vec![0.0; n * k];
         for col in 0..n {
             for kk in 0..k {
@@ -204,6 +248,15 @@ impl PackedWeight {
             }
         }
         w
+    }
+
+    /// The f32 panels (for the tests of kernels that start from them).
+    #[cfg(test)]
+    pub(crate) fn f32_panels(&self) -> Vec<f32> {
+        match &self.panels {
+            Panels::F32(p) => p.clone(),
+            _ => panic!("not an f32 weight"),
+        }
     }
 
     /// `out (m, N) (+)= act(x (m, K) Wᵀ + bias)`, on the current rayon pool.
@@ -221,6 +274,7 @@ impl PackedWeight {
         match &self.panels {
             Panels::F32(p) => gemm(a, p, self.n, self.k, ep, o),
             Panels::Bf16(p) => gemm(a, p, self.n, self.k, ep, o),
+            Panels::Bf16Pairs(p) => bf16dot::gemm(a, p, self.n, self.k, ep, o),
         }
     }
 }
@@ -267,6 +321,24 @@ impl Epilogue<'_> {
 
 /// `out (+)= act(a Wᵀ + bias)`, W given as the panels of an (n, k) weight.
 pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue, out: Out) {
+    let fits = elements(&[n.div_ceil(NR), NR, k]).is_some_and(|need| need <= panels.len());
+    assert!(fits, "gemm: panels too small");
+    // SAFETY: `split` checked the operands, and the panels are checked above.
+    split(a, panels.as_ptr(), n, k, ep, out, |t| unsafe { block(t) });
+}
+
+/// Check the operands of `out (+)= act(a Wᵀ + bias)` (the panels are the
+/// caller's to check) and run `run` on each task of the output's split, on the
+/// current rayon pool. Tasks write disjoint blocks of `out`.
+pub(super) fn split<E: Sync>(
+    a: Lhs,
+    panels: *const E,
+    n: usize,
+    k: usize,
+    ep: Epilogue,
+    out: Out,
+    run: impl Fn(&Task<E>) + Sync,
+) {
     let m = a.rows;
     // Checked sizes: the tiles read and write through pointers, so a product
     // that wrapped around must not pass for a small one.
@@ -278,10 +350,6 @@ pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue
     assert!(
         k <= a.stride && n <= out.stride,
         "gemm: strides narrower than rows"
-    );
-    assert!(
-        fits(elements(&[n.div_ceil(NR), NR, k]), panels.len()),
-        "gemm: panels too small"
     );
     assert!(
         fits(extent(m, out.stride, 0, n), out.data.len()),
@@ -296,7 +364,7 @@ pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue
         a: a.data.as_ptr(),
         lda: a.stride,
         rows: 0..m,
-        panels: panels.as_ptr(),
+        panels,
         k,
         cols: 0..n.div_ceil(NR),
         n,
@@ -308,20 +376,23 @@ pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue
     let whole = &whole; // the tasks share it whole (its pointer fields alone are not Sync)
     let task = |t: usize| {
         let (rows, cols) = blocks.task(t);
-        // SAFETY: operands were checked above; tasks write disjoint blocks of `out`.
-        unsafe {
-            block(&Task {
-                rows,
-                cols,
-                ..*whole
-            })
-        }
+        run(&Task {
+            rows,
+            cols,
+            ..*whole
+        })
     };
     if blocks.count() == 1 {
         task(0);
     } else {
         (0..blocks.count()).into_par_iter().for_each(task);
     }
+}
+
+/// True when `split` gives several tasks the same rows of x (it splits the
+/// panels): a kernel that converts x then does it once for all of them.
+pub(super) fn tasks_share_rows(m: usize, n: usize, k: usize) -> bool {
+    Blocks::new(m, n, k, rayon::current_num_threads()).splits_panels()
 }
 
 /// The split of the output into tasks: row blocks small enough that a block of
@@ -380,6 +451,11 @@ impl Blocks {
         }
     }
 
+    /// True when tasks split the panels: several tasks then read the same rows of x.
+    fn splits_panels(&self) -> bool {
+        self.cols < self.panels
+    }
+
     fn count(&self) -> usize {
         self.m.div_ceil(self.rows) * self.panels.div_ceil(self.cols)
     }
@@ -429,18 +505,19 @@ unsafe fn block<E: PanelElem>(t: &Task<E>) {
 const ROW_PANELS: usize = 4;
 
 /// The activations by the index `Task::run` gives each copy of the loops.
-const EPILOGUE_ACTS: [Act; 5] = [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
+pub(super) const EPILOGUE_ACTS: [Act; 5] =
+    [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
 
 /// Rows `rows` x panels `cols` of `out (+)= act(a Wᵀ + bias)` (what `gemm` checked).
-struct Task<'a, E> {
-    a: *const f32,
-    lda: usize,
-    rows: std::ops::Range<usize>,
-    panels: *const E,
-    k: usize,
-    cols: std::ops::Range<usize>,
+pub(super) struct Task<'a, E> {
+    pub(super) a: *const f32,
+    pub(super) lda: usize,
+    pub(super) rows: std::ops::Range<usize>,
+    pub(super) panels: *const E,
+    pub(super) k: usize,
+    pub(super) cols: std::ops::Range<usize>,
     n: usize,
-    ep: Epilogue<'a>,
+    pub(super) ep: Epilogue<'a>,
     out: SharedMut,
     ldo: usize,
     accumulate: bool,
@@ -531,7 +608,7 @@ impl<E: PanelElem> Task<'_, E> {
     /// Write `live` rows of a tile at row `r`, panel `p`: only columns below N,
     /// through the epilogue, added to `out` when accumulating.
     #[inline(always)]
-    unsafe fn store<const MR: usize, const NP: usize, const ACT: usize>(
+    pub(super) unsafe fn store<const MR: usize, const NP: usize, const ACT: usize>(
         &self,
         acc: &[[[f32; NR]; NP]; MR],
         r: usize,
@@ -771,22 +848,35 @@ mod tests {
         gemm(a, &w, 2, 2, Epilogue::NONE, o);
     }
 
-    /// bf16 panels compute exactly what f32 panels of the rounded weight do,
-    /// and widening them back gives those rounded values.
+    /// Widened bf16 panels compute exactly what f32 panels of the rounded
+    /// weight do, and every layout gives those rounded values back.
     #[test]
     fn bf16_weights_are_the_rounded_f32_weights() {
         let (m, k, n) = (23, 70, 45);
         let x = randn(m * k, 8);
         let w = randn(n * k, 9);
         let rounded: Vec<f32> = w.iter().map(|&v| Bf16::from_f32(v).to_f32()).collect();
-        let bf16 = PackedWeight::new(&w, n, k, WeightType::Bf16);
+        let f32w = || PackedWeight::from_vec(w.clone(), n, k);
+        let bf16 = f32w().to_layout(WeightType::Bf16, false);
+        assert!(!bf16.bf16_arithmetic());
         assert_eq!(bf16.unpack(), rounded);
-        assert_eq!(PackedWeight::from_vec(w.clone(), n, k).unpack(), w);
+        assert_eq!(f32w().unpack(), w);
+        let pairs = f32w().to_layout(WeightType::Bf16, true);
+        assert!(pairs.bf16_arithmetic() && pairs.dtype() == WeightType::Bf16);
+        assert_eq!(pairs.unpack(), rounded);
+        // From one layout to the other and back.
         assert_eq!(
-            PackedWeight::new(&w, n, k, WeightType::F32)
-                .to_type(WeightType::Bf16)
-                .unpack(),
+            pairs.clone().to_layout(WeightType::Bf16, false).unpack(),
             rounded
+        );
+        assert_eq!(
+            bf16.clone().to_layout(WeightType::Bf16, true).unpack(),
+            rounded
+        );
+        assert_eq!(pairs.to_layout(WeightType::F32, false).unpack(), rounded);
+        assert_eq!(
+            f32w().to_type(WeightType::Bf16).bf16_arithmetic(),
+            bf16dot::available()
         );
         let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
         bf16.apply(&x, m, Epilogue::NONE, &mut got, false);

@@ -11,6 +11,7 @@
 //! [`crate::VMamba`].
 
 pub mod act;
+pub mod bf16dot;
 pub mod conv;
 pub mod cross_scan;
 pub mod gemm;

@@ -101,9 +101,13 @@ pub struct CpuInfo {
     /// baseline, without FMA), "neon" (aarch64) or "portable".
     pub kernels: &'static str,
     /// The CPU's bf16 arithmetic, by name: "avx512_bf16" and "amx_bf16" on
-    /// x86-64, "bf16" on aarch64; empty where it has none. No kernel of this
-    /// release uses it: bf16 weights are widened to f32 in the GEMM.
+    /// x86-64, "bf16" on aarch64; empty where it has none.
     pub bf16_instructions: Vec<&'static str>,
+    /// How bf16 weights are multiplied: "avx512_bf16" (`vdpbf16ps`: activations
+    /// rounded to bf16 too, products summed in f32; see `kernels::bf16dot`) or
+    /// "widened" (the weights widened to f32, activations f32): where the CPU
+    /// lacks AVX512_BF16, or `VMAMBA_RT_BF16_DOT=0` says so.
+    pub bf16_kernel: &'static str,
 }
 
 /// What this CPU runs and has (see [`CpuInfo`]).
@@ -146,6 +150,11 @@ pub fn cpu_info() -> CpuInfo {
     CpuInfo {
         kernels,
         bf16_instructions,
+        bf16_kernel: if super::bf16dot::available() {
+            "avx512_bf16"
+        } else {
+            "widened"
+        },
     }
 }
 
@@ -178,5 +187,13 @@ mod tests {
             "x86-64"
         };
         assert_eq!(info.kernels, want);
+        let dot = has("avx512_bf16") && has("avx512bw") && want == "avx512";
+        let forced_off = std::env::var(super::super::bf16dot::DOT_ENV).as_deref() == Ok("0");
+        let kernel = if dot && !forced_off {
+            "avx512_bf16"
+        } else {
+            "widened"
+        };
+        assert_eq!(info.bf16_kernel, kernel);
     }
 }
