@@ -16,6 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import hostile  # noqa: E402
 
+DEFAULT = os.path.join(HERE, "..", "python", "vmamba_rt", "weights", "digits.safetensors")
+
 CONVERT = """
 import sys, vmamba_rt
 try:
@@ -54,7 +56,49 @@ except MemoryError as e:
 """
 
 
-REPORT_RSS = "\nimport resource\nprint('__RSS_KB__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+CONFIG = """
+import sys, vmamba_rt
+from vmamba_rt.convert import arch_config
+try:
+    arch_config(sys.argv[1], "x.pth")
+    print("read")
+except vmamba_rt.VMambaError as e:
+    print(type(e).__name__ + ": " + str(e).replace(sys.argv[1], "FILE")[:90])
+"""
+LOAD = """
+import sys, vmamba_rt
+try:
+    vmamba_rt.load(sys.argv[1])
+    print("loaded")
+except vmamba_rt.VMambaError as e:
+    print(type(e).__name__ + ": " + str(e).replace(sys.argv[1], "FILE")[:90])
+"""
+IMAGE = """
+import sys, vmamba_rt
+from vmamba_rt.preprocess import load_rgb
+try:
+    print("decoded", load_rgb(sys.argv[1]).size)
+except vmamba_rt.VMambaError as e:
+    print(type(e).__name__ + ": " + str(e).replace(sys.argv[1], "FILE")[:90])
+"""
+
+
+def write_integer_image(path: str, mode: str, fmt: str) -> None:
+    """A 9459 x 9459 gray image of a 16- or 32-bit integer mode (under a MB compressed)."""
+    from PIL import Image
+
+    extra = {"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}
+    Image.new(mode, (9459, 9459), 40000).save(path, fmt, **extra)
+
+
+def write_eps(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n")
+
+
+# The child's own peak (VmHWM): ru_maxrss would count the parent's size at the fork.
+REPORT_RSS = ("\nprint('__RSS_KB__', next(int(l.split()[1]) for l in open('/proc/self/status')"
+              " if l.startswith('VmHWM')))\n")
 
 
 def measure(code: str, arg: str = "") -> tuple[str, float, float, int]:
@@ -82,13 +126,28 @@ def main() -> None:
         ("BUILD on the storage type", CONVERT, lambda p: hostile.write_build_attack(p, "storage type")),
         ("PNG declaring 100000x100000", PREDICT, lambda p: hostile.write_huge_png(p)),
     ]
+    configs = hostile.write_hostile_configs(tmp)
+    for name in ("deep.yaml", "deep.json", "base60.yaml", "long_int.yaml", "laughs.yaml", "too_long.yaml",
+                 "many_values.yaml", "fan0.yaml", "fifo.yaml"):
+        cases.append((f"config {name}", CONFIG, configs[name][0]))
+    for entry, kind in (("vmamba_rt.preprocess", "mean_string"), ("vmamba_rt.preprocess", "mean_list"),
+                        ("vmamba_rt.labels", "label_lists")):
+        cases.append((f"90 MB {entry} ({kind})", LOAD,
+                      lambda p, e=entry, k=kind: hostile.write_amplifying_metadata(DEFAULT, p, e, k)))
+    cases += [("9459x9459 mode-I TIFF", IMAGE, lambda p: write_integer_image(p, "I", "TIFF")),
+              ("9459x9459 I;16 PNG", IMAGE, lambda p: write_integer_image(p, "I;16", "PNG")),
+              ("EPS (would run Ghostscript)", IMAGE, write_eps)]
     print("| input | file size | result | time | peak RSS |")
     print("|---|---|---|---|---|")
+    ext = {PREDICT: ".png", LOAD: ".safetensors", IMAGE: ".img"}
     for i, (what, code, make) in enumerate(cases):
-        path = os.path.join(tmp, f"case{i}.png" if code is PREDICT else f"case{i}.pth")
-        make(path)
+        if isinstance(make, str):  # made already
+            path = make
+        else:
+            path = os.path.join(tmp, f"case{i}{ext.get(code, '.pth')}")
+            make(path)
         out, secs, rss, rc = measure(code, path)
-        size = os.path.getsize(path)
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
         result = out if rc == 0 else f"exit {rc}: {out}"
         print(f"| {what} | {size / 1e3:,.0f} KB | {result} | {secs:.2f} s | {rss:.0f} MB |")
     out, secs, rss, rc = measure(FORWARD)

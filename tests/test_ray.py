@@ -238,6 +238,8 @@ def test_serve_keeps_answering_during_slow_and_huge_uploads(cluster, digits, tmp
         assert statuses[8:] == [413, 411, 411], statuses
         time.sleep(1)
         after = _replica_rss_mb()
+        print(f"during the attacks normal requests took {answered_in:.2f} s; replica RSS {baseline:.0f} MB before,"
+              f" {after:.0f} MB after")
         assert after < baseline + 100, (baseline, after)
         assert _post(url, image)[0] == 200
     finally:
