@@ -44,7 +44,7 @@ def main():
         path = vmamba_rt.convert(pth, tmp / f"{case}{ema}.safetensors", ema=ema)
         x = np.load(inp)
         cpu = vmamba_rt.load(path)
-        run = (lambda m: m.features(x)) if cpu.is_backbone else (lambda m: [m(x)])
+        run = (lambda m, x=x: m.features(x)) if cpu.is_backbone else (lambda m, x=x: [m(x)])
         want_cpu = run(cpu)
         want = [np.load(e) for e in expected]
         for dtype in ("float32", "float16", "bfloat16"):

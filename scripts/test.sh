@@ -5,7 +5,8 @@
 #                                 nothing changed), then the core crate's tests and the
 #                                 Python tests
 #   bash scripts/test.sh --full   what CI runs: the release wheel is built and installed
-#                                 instead, and besides: formatting and lints, the bindings'
+#                                 instead, and besides: formatting and lints (cargo fmt,
+#                                 clippy, ruff), the bindings'
 #                                 tests, the NVRTC compile tests of the CUDA kernels (installs
 #                                 NVIDIA's compiler packages), the aarch64 tests under qemu,
 #                                 the Windows tests under wine, and the wheel in a fresh
@@ -38,6 +39,8 @@ if [ $full = 1 ]; then
     step "format and lints"
     cargo fmt --all --check
     cargo clippy --all-targets -q -- -D warnings
+    python -m pip install -q "ruff>=0.6"
+    ruff check python tests bench fuzz scripts
     # The core without image decoding (what a Rust app embeds with default-features = false).
     cargo clippy -p vmamba-rt --no-default-features -q -- -D warnings
     step "bindings tests"

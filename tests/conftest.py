@@ -25,9 +25,9 @@ NO_GPU = "no CUDA GPU with CuPy here: GPU parity tests skipped"
 
 def use_fake_cupy(monkeypatch):
     """Run the CUDA engine on tests/fakecupy.py (numpy on the CPU) for this test."""
-    import fakecupy
-
     from vmamba_rt import gpu
+
+    import fakecupy
 
     monkeypatch.setattr(gpu, "_import_cupy", lambda: fakecupy)
     monkeypatch.setattr(gpu, "_Cublas", fakecupy.Blas)

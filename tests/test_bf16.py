@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_cases, golden_meta, rel_err
 
 import vmamba_rt
 from vmamba_rt import VMambaError
+
+from conftest import GOLDEN, golden_cases, golden_meta, rel_err
 
 TOL = 2e-2
 

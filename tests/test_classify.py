@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, rel_err
 from PIL import Image
 
 import vmamba_rt
+
+from conftest import GOLDEN, rel_err
 
 ROOT = Path(__file__).parent.parent
 
@@ -39,7 +40,7 @@ def test_predict_accepts_paths_pil_and_arrays(digits):
     arr = np.asarray(Image.open(path))
     a, b, c = digits.predict([path, Image.open(path), arr], topk=3)
     assert a == b == c
-    assert [l for l, _ in a][0] == "3"
+    assert [label for label, _ in a][0] == "3"
     probs = [p for _, p in a]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-9
     assert len(digits.predict(str(path), topk=10)[0]) == 10
@@ -52,7 +53,7 @@ def _cli(*args):
 def test_classify_command_on_a_folder_with_json():
     out = _cli("classify", ROOT / "examples/images", "--json", "--topk", "2")
     assert out.returncode == 0, out.stderr
-    rows = [json.loads(l) for l in out.stdout.splitlines()]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [Path(r["image"]).name for r in rows] == ["digit_3.png", "digit_7.png"]
     assert [r["top"][0]["label"] for r in rows] == ["3", "7"]
     assert out.stderr == ""  # no progress bar when not on a terminal

@@ -7,13 +7,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, rel_err
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
-from torchfmt import BF16, write_pth
 
 import vmamba_rt
 from vmamba_rt import ConversionError, VMambaError
+
+from conftest import GOLDEN, rel_err
+from torchfmt import BF16, write_pth
 
 CASE = "v2_s1_small"
 

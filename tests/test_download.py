@@ -8,10 +8,11 @@ import threading
 
 import numpy as np
 import pytest
-from torchfmt import write_pth
 
 import vmamba_rt
 from vmamba_rt import hub
+
+from torchfmt import write_pth
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_cases, golden_meta, rel_err
 
 import vmamba_rt
+
+from conftest import GOLDEN, golden_cases, golden_meta, rel_err
 
 TOL = 1e-4  # of the expected output's largest magnitude (fp32)
 

@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, plain, rel_err
 from safetensors.numpy import load_file, save_file
-from torchfmt import write_pth
 
-import hostile
 import vmamba_rt
 from vmamba_rt import ConversionError, VMambaError
+
+import hostile
+from conftest import GOLDEN, plain, rel_err
+from torchfmt import write_pth
 
 HERE = os.path.dirname(__file__)
 
@@ -437,14 +438,14 @@ def test_reference_ops_check_their_shapes():
     from vmamba_rt import _native
 
     rng = np.random.default_rng(0)
-    bs, k, di, n, l = 1, 4, 3, 2, 5
+    bs, k, di, n, length = 1, 4, 3, 2, 5
 
     def arrays(n_a=n, n_b=n, k_b=k):
         f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-        return (f(bs, k * di, l), f(bs, k * di, l), f(k * di, n_a), f(bs, k_b, n_b, l), f(bs, k_b, n_b, l),
-                f(k * di), f(k * di))
+        return (f(bs, k * di, length), f(bs, k * di, length), f(k * di, n_a), f(bs, k_b, n_b, length),
+                f(bs, k_b, n_b, length), f(k * di), f(k * di))
 
-    assert _native.selective_scan_ref(*arrays()).shape == (bs, k * di, l)
+    assert _native.selective_scan_ref(*arrays()).shape == (bs, k * di, length)
     with pytest.raises(VMambaError, match="A has shape"):
         _native.selective_scan_ref(*arrays(n_a=3))
     with pytest.raises(VMambaError, match="not a multiple"):

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, same
 
 import vmamba_rt
 from vmamba_rt import VMambaError
+
+from conftest import GOLDEN, same
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, rel_err
 
 from vmamba_rt import _native
+
+from conftest import GOLDEN, rel_err
 
 
 @pytest.mark.parametrize("name", ["op_selective_scan_n1", "op_selective_scan_n16"])

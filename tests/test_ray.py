@@ -14,6 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+
 from conftest import GOLDEN
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]' (scripts/test.sh installs it)")
@@ -130,8 +131,8 @@ def _post(url: str, body: bytes, timeout: float = 30):
 
 
 def test_serve_answers_concurrent_requests_like_the_local_api(cluster, digits, tmp_path):
-    from ray import serve
     from PIL import Image
+    from ray import serve
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")

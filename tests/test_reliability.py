@@ -11,12 +11,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import GOLDEN
 from safetensors.numpy import save_file
-from torchfmt import write_pth
 
 import vmamba_rt
 from vmamba_rt import ConversionError, VMambaError
+
+from conftest import GOLDEN
+from torchfmt import write_pth
 
 
 def _call_pickle(module: str, name: str, arg: str) -> bytes:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, same
 from PIL import Image
 
 import vmamba_rt
 from vmamba_rt import VMambaError
+
+from conftest import GOLDEN, same
 
 ROOT = Path(__file__).parent.parent
 IMAGES = ROOT / "examples" / "images"
@@ -119,21 +120,22 @@ def test_progress_bar_keeps_results_whole_on_a_terminal(tmp_path):
     err = b"".join(chunks)
     assert proc.returncode == 0
     lines = out.splitlines()
-    assert [l for l in lines if not l.startswith(" ")] == [str(folder / f"im{i:02d}.png") for i in range(12)]
+    assert [line for line in lines if not line.startswith(" ")] == [str(folder / f"im{i:02d}.png") for i in range(12)]
     assert b"img/s" in err and b"/12 " in err  # tqdm: count, rate, ETA
 
 
 def test_models_lists_the_bundled_default_and_has_json():
     r = run("models")
     assert r.returncode == 0 and r.stdout.splitlines()[1].startswith("digits (default)")
-    rows = [json.loads(l) for l in run("models", "--json").stdout.splitlines()]
+    rows = [json.loads(line) for line in run("models", "--json").stdout.splitlines()]
     assert rows[0]["path"] == vmamba_rt.DEFAULT_MODEL and rows[0]["downloaded"] is True
     assert {r["name"] for r in rows[1:]} >= {"vmamba-tiny-s1l8", "vanilla-vmamba-tiny"}
 
 
 def test_convert_with_a_prefix(tmp_path):
-    from torchfmt import write_pth
     from vmamba_rt.checkpoint import load_pth
+
+    from torchfmt import write_pth
 
     sd = {k: v.numpy() for k, v in load_pth(GOLDEN / "v2_s1_small.pth").items()}
     nested = {f"visual_encoder.{k}": v for k, v in sd.items()}

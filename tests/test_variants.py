@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HERE, plain, rel_err
-from torchfmt import write_pth
 
 import vmamba_rt
 from vmamba_rt.checkpoint import load_pth
+
+from conftest import HERE, plain, rel_err
+from torchfmt import write_pth
 
 SHIPPED = HERE / "golden" / "variants"
 ALL = os.environ.get("VMAMBA_RT_VARIANTS")  # a folder with all 39 (../shared/golden/variants here)

@@ -12,9 +12,6 @@ import json
 import os
 import sys
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
 
 
@@ -75,20 +72,10 @@ def _cmd_convert(args) -> int:
 
 
 def _expand(inputs: list[str]) -> list[str]:
-    """Image files from files and folders (folders: by extension, sorted, recursively)."""
-    files = []
-    for p in inputs:
-        if os.path.isdir(p):
-            found = [os.path.join(root, n) for root, _, names in sorted(os.walk(p)) for n in sorted(names)
-                     if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
-            if not found:
-                _warn(f"no images in {p} (looked for {', '.join(sorted(IMAGE_EXTS))})")
-            files += found
-        elif os.path.exists(p):
-            files.append(p)
-        else:
-            raise ValueError(f"no such image or folder: {p}")
-    return files
+    """Image files from files and folders, saying which folders hold none."""
+    from .imagefiles import IMAGE_EXTS, expand
+
+    return expand(inputs, lambda p: _warn(f"no images in {p} (looked for {', '.join(sorted(IMAGE_EXTS))})"))
 
 
 def _emit(args, path: str, preds=None, error: str | None = None, bar=None) -> None:

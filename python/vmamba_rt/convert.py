@@ -10,7 +10,6 @@ moved into place, so a file at ``dst`` is always complete and runnable.
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import json
 import math
@@ -26,13 +25,15 @@ import numpy as np
 from . import _native, configfile
 from .checkpoint import LazyTensor, _short, load_pth
 from .errors import ConversionError, VMambaError
+from .locking import lock
 
 # The header entries of a converted file, as the native core defines them.
 META_CONFIG, META_CONFIG_SOURCE, META_FORMAT = (_native.FORMAT[k] for k in ("config", "config_source", "format"))
 META_SOURCE, META_NAME = _native.FORMAT["source"], _native.FORMAT["name"]
 FORMAT_VERSION = str(_native.FORMAT["version"])
-MAX_STAGES = 8
-MAX_BLOCKS = 1024
+# The core's limits (its config validation is the one definition).
+LIMITS = _native.LIMITS
+MAX_STAGES, MAX_BLOCKS, MAX_DIMS = LIMITS["stages"], LIMITS["blocks"], LIMITS["dims"]
 
 
 class ArchitectureGuessWarning(UserWarning):
@@ -161,29 +162,29 @@ def config_from_yacs(cfg: dict, src: str) -> dict | None:
         raise ConversionError(f"{src}: config field DEPTHS = {_short(depths)} must list 1 to {MAX_STAGES} stages")
     rank = vssm.get("SSM_DT_RANK", "auto")
     if rank != "auto":
-        rank = _field(vssm, "SSM_DT_RANK", None, int, 1, 1 << 14, src)
+        rank = _field(vssm, "SSM_DT_RANK", None, int, 1, MAX_DIMS, src)
     return {
-        "dims": _field(vssm, "EMBED_DIM", 96, int, 1, 1 << 14, src),
+        "dims": _field(vssm, "EMBED_DIM", 96, int, 1, MAX_DIMS, src),
         "depths": [_field({"DEPTHS": d}, "DEPTHS", None, int, 0, MAX_BLOCKS, src) for d in depths],
-        "ssm_d_state": _field(vssm, "SSM_D_STATE", 16, int, 1, 1024, src),
-        "ssm_ratio": _field(vssm, "SSM_RATIO", 2.0, float, 0, 64, src),
+        "ssm_d_state": _field(vssm, "SSM_D_STATE", 16, int, 1, LIMITS["d_state"], src),
+        "ssm_ratio": _field(vssm, "SSM_RATIO", 2.0, float, 0, LIMITS["ratio"], src),
         "ssm_dt_rank": rank,
-        "ssm_conv": _field(vssm, "SSM_CONV", 3, int, -1, 31, src),
+        "ssm_conv": _field(vssm, "SSM_CONV", 3, int, -1, LIMITS["conv"], src),
         "ssm_conv_bias": _field(vssm, "SSM_CONV_BIAS", True, bool, src=src),
         "ssm_act_layer": acts["SSM_ACT_LAYER"],
         "forward_type": ft,
-        "mlp_ratio": _field(vssm, "MLP_RATIO", 4.0, float, 0, 64, src),
+        "mlp_ratio": _field(vssm, "MLP_RATIO", 4.0, float, 0, LIMITS["ratio"], src),
         "mlp_act_layer": acts["MLP_ACT_LAYER"],
         "gmlp": _field(vssm, "GMLP", False, bool, src=src),
         "patch_norm": _field(vssm, "PATCH_NORM", True, bool, src=src),
         "posembed": _field(vssm, "POSEMBED", False, bool, src=src),
-        "imgsize": _field(data, "IMG_SIZE", 224, int, 1, 1 << 16, src),
+        "imgsize": _field(data, "IMG_SIZE", 224, int, 1, LIMITS["imgsize"], src),
         "patchembed_version": _field(vssm, "PATCHEMBED", "v2", str, src=src),
         "downsample_version": _field(vssm, "DOWNSAMPLE", "v2", str, src=src),
-        "num_classes": _field(model, "NUM_CLASSES", 1000, int, 0, 1 << 20, src),
+        "num_classes": _field(model, "NUM_CLASSES", 1000, int, 0, LIMITS["classes"], src),
         "out_indices": None,
-        "in_chans": _field(vssm, "IN_CHANS", 3, int, 1, 64, src),
-        "patch_size": _field(vssm, "PATCH_SIZE", 4, int, 1, 64, src),
+        "in_chans": _field(vssm, "IN_CHANS", 3, int, 1, LIMITS["in_chans"], src),
+        "patch_size": _field(vssm, "PATCH_SIZE", 4, int, 1, 64, src),  # the core takes 4 alone, and says so
     }
 
 
@@ -216,7 +217,7 @@ def infer_config(sd: dict, src: str) -> dict:
     else:
         fail(f"'patch_embed.0.weight' has shape {stem0}, which fits neither stem")
     in_chans = stem0[1]
-    if not (1 <= dims <= 1 << 14 and 1 <= in_chans <= 64):
+    if not (1 <= dims <= MAX_DIMS and 1 <= in_chans <= LIMITS["in_chans"]):
         fail(f"stem of {dims} channels from {in_chans} inputs is out of range")
 
     stages = sorted(blocks_of)
@@ -412,14 +413,14 @@ def _remove_stale_parts(folder: str, min_age: float = 10.0) -> None:
 
     for path in glob.glob(os.path.join(glob.escape(folder), _PART_PATTERN)):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < min_age:
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock(fd, wait=False)
             os.unlink(path)
         except OSError:  # held by a live writer, or already gone
             pass
@@ -488,7 +489,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, ema: bool = False
     _remove_stale_parts(out_dir)
     fd, tmp = tempfile.mkstemp(prefix=".vmamba-rt-", suffix=".safetensors.part", dir=out_dir)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the end: marks the file as in use
+        lock(fd)  # held until the end: marks the file as in use
         save_file(tensors, tmp, metadata=meta)
         os.chmod(tmp, 0o644)
         try:

@@ -15,7 +15,6 @@ concurrent downloads of one model from racing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -27,6 +26,7 @@ import urllib.request
 from importlib import resources
 
 from .errors import DownloadError, VMambaError
+from .locking import lock
 
 _CHUNK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -152,7 +152,7 @@ def _locked(name: str):
     """Hold the lock of registry entry ``name`` (one download of a model at a time)."""
     fd = os.open(os.path.join(home(), f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock(fd)
         yield
     finally:
         os.close(fd)

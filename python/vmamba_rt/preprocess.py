@@ -30,8 +30,8 @@ META_PREPROCESS = _native.FORMAT["preprocess"]
 
 # Largest image (width x height) decoded, or produced by the resize step. The
 # default is Pillow's decompression-bomb limit; the Rust path uses the same.
-DEFAULT_MAX_PIXELS = 89_478_485
-MAX_PIXELS_ENV = "VMAMBA_RT_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = _native.LIMITS["max_pixels"]
+MAX_PIXELS_ENV = _native.LIMITS["max_pixels_env"]
 MAX_INPUT_SIZE = _native.LIMITS["input_size"]
 # The raster formats decoded (Pillow's names), the same as the Rust core's image
 # features: Pillow's other plugins stay unused, EPS among them, which runs Ghostscript.

@@ -101,7 +101,7 @@ def read_inputs(inputs: list[str]):
     or ``bytes`` column)."""
     import ray
 
-    from .cli import IMAGE_EXTS, _expand
+    from .imagefiles import IMAGE_EXTS, expand
 
     parquet = [p for p in inputs if p.endswith(".parquet") or (os.path.isdir(p) and any(
         n.endswith(".parquet") for n in os.listdir(p)))]
@@ -119,7 +119,7 @@ def read_inputs(inputs: list[str]):
             with open(p, encoding="utf-8") as f:
                 paths += [line.strip() for line in f if line.strip()]
         else:
-            paths += _expand([p])
+            paths += expand([p])
     if not paths:
         raise VMambaError(f"no images found in {inputs} (looked for {', '.join(sorted(IMAGE_EXTS))})")
     return ray.data.from_items([{"path": os.path.abspath(p)} for p in paths])

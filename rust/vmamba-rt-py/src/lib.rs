@@ -352,10 +352,19 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     limits.set_item("metadata_entry_bytes", entry_bytes)?;
     limits.set_item("label_bytes", vmamba_rt::format::MAX_LABEL_BYTES)?;
-    limits.set_item("dims", vmamba_rt::Config::MAX_DIMS)?;
-    limits.set_item("blocks", vmamba_rt::Config::MAX_DEPTH)?;
-    limits.set_item("classes", vmamba_rt::Config::MAX_CLASSES)?;
+    use vmamba_rt::Config;
+    limits.set_item("dims", Config::MAX_DIMS)?;
+    limits.set_item("blocks", Config::MAX_DEPTH)?;
+    limits.set_item("classes", Config::MAX_CLASSES)?;
+    limits.set_item("stages", Config::MAX_STAGES)?;
+    limits.set_item("d_state", Config::MAX_D_STATE)?;
+    limits.set_item("conv", Config::MAX_CONV)?;
+    limits.set_item("ratio", Config::MAX_RATIO)?;
+    limits.set_item("in_chans", Config::MAX_IN_CHANS)?;
+    limits.set_item("imgsize", Config::MAX_IMGSIZE)?;
     limits.set_item("input_size", vmamba_rt::preprocess::MAX_INPUT_SIZE)?;
+    limits.set_item("max_pixels", vmamba_rt::preprocess::DEFAULT_MAX_PIXELS)?;
+    limits.set_item("max_pixels_env", vmamba_rt::preprocess::MAX_PIXELS_ENV)?;
     m.add("LIMITS", limits)?;
     m.add(
         "IMAGE_FORMATS",

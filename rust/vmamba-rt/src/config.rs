@@ -200,6 +200,18 @@ impl Config {
     pub const MAX_DEPTH: usize = 1024;
     /// Most classes of a classifier head.
     pub const MAX_CLASSES: usize = 1 << 20;
+    /// Most stages.
+    pub const MAX_STAGES: usize = 8;
+    /// Largest scan state (the released models use 1 and 16).
+    pub const MAX_D_STATE: usize = 1024;
+    /// Widest depthwise kernel, and largest dt rank.
+    pub const MAX_CONV: i64 = 31;
+    /// Largest SS2D and MLP width ratios.
+    pub const MAX_RATIO: f64 = 64.0;
+    /// Most input channels.
+    pub const MAX_IN_CHANS: usize = 64;
+    /// Largest input side a position embedding is made for.
+    pub const MAX_IMGSIZE: usize = 1 << 16;
 
     /// Reject configurations the runtime cannot build, with the field that is wrong.
     pub fn validate(&self) -> Result<()> {
@@ -224,7 +236,7 @@ impl Config {
                 self.num_classes
             ));
         }
-        if self.depths.is_empty() || self.depths.len() > 8 {
+        if self.depths.is_empty() || self.depths.len() > Self::MAX_STAGES {
             return bad(format!(
                 "depths must list 1 to 8 stages, got {:?}",
                 self.depths
@@ -233,10 +245,10 @@ impl Config {
         if self.ssm_ratio > 0.0 && self.ssm_d_state == 0 {
             return bad("ssm_d_state must be positive".into());
         }
-        if !(self.ssm_ratio >= 0.0 && self.ssm_ratio <= 64.0) {
+        if !(self.ssm_ratio >= 0.0 && self.ssm_ratio <= Self::MAX_RATIO) {
             return bad(format!("ssm_ratio {} out of range", self.ssm_ratio));
         }
-        if !(self.mlp_ratio >= 0.0 && self.mlp_ratio <= 64.0) {
+        if !(self.mlp_ratio >= 0.0 && self.mlp_ratio <= Self::MAX_RATIO) {
             return bad(format!("mlp_ratio {} out of range", self.mlp_ratio));
         }
         if let DtRank::Named(s) = &self.ssm_dt_rank {
@@ -262,7 +274,7 @@ impl Config {
                     .into(),
             );
         }
-        if self.posembed && (self.imgsize < self.patch_size || self.imgsize > 1 << 16) {
+        if self.posembed && (self.imgsize < self.patch_size || self.imgsize > Self::MAX_IMGSIZE) {
             return bad(format!(
                 "imgsize {} out of range for the position embedding",
                 self.imgsize
@@ -283,14 +295,18 @@ impl Config {
                 ));
             }
         }
-        if self.ssm_d_state > 1024
-            || self.ssm_conv > 31
-            || matches!(self.ssm_dt_rank, DtRank::Fixed(r) if r > 1 << 14)
+        if self.ssm_d_state > Self::MAX_D_STATE
+            || self.ssm_conv > Self::MAX_CONV
+            || matches!(self.ssm_dt_rank, DtRank::Fixed(r) if r > Self::MAX_DIMS)
         {
             return bad("ssm_d_state, ssm_conv or ssm_dt_rank out of range".into());
         }
-        if self.in_chans == 0 || self.in_chans > 64 {
-            return bad(format!("in_chans must be in 1..=64, got {}", self.in_chans));
+        if self.in_chans == 0 || self.in_chans > Self::MAX_IN_CHANS {
+            return bad(format!(
+                "in_chans must be in 1..={}, got {}",
+                Self::MAX_IN_CHANS,
+                self.in_chans
+            ));
         }
         if self.patch_size != 4 {
             return bad(format!("patch_size must be 4, got {}", self.patch_size));
