@@ -5,10 +5,11 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, HAS_GPU, NO_GPU, golden_cases, golden_meta, rel_err, use_fake_cupy
 
 import vmamba_rt
-from vmamba_rt import gpu
+from vmamba_rt import _native, gpu
+
+from conftest import GOLDEN, HAS_GPU, NO_GPU, golden_cases, golden_meta, rel_err, use_fake_cupy
 
 HAS_NVRTC = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.cuda_nvrtc") is not None
 
@@ -251,16 +252,15 @@ def _op_cases(rng):
                   [rows * c] * 2, [], ()))
     for bias in (True, False):
         for acc in (True, False):
+            # The plan's fusion gives a linear op that does not accumulate the activation after it.
             cases.append(({"op": "linear", "src": 0, "dst": 1, "rows": rows, "inp": inp, "out": out, "weight": 0,
-                           "bias": 1 if bias else None, "accumulate": acc}, [rows * inp, rows * out],
-                          [out * inp, out], ()))
+                           "bias": 1 if bias else None, "accumulate": acc, "act": "none" if acc else act()},
+                          [rows * inp, rows * out], [out * inp, out], ()))
     return cases
 
 
 def _run_cpu(ops, bufs, params):
     import json
-
-    from vmamba_rt import _native
 
     for op in ops:
         bufs = _native.run_op(json.dumps(op), bufs, params)
@@ -292,7 +292,17 @@ def test_every_op_matches_the_cpu_engine(seed, backend):
                 continue  # the fused-away intermediate
             assert rel_err(g, w) < 1e-5, ops
         kinds |= {op["op"] for op in ops}
-    assert len(kinds) == 14, kinds  # every kind of plan op
+    assert kinds == set(_native.OP_KINDS), kinds  # every kind of plan op
+
+
+def test_every_op_kind_of_the_schema_has_a_cuda_launch():
+    """The CUDA engine's table (and so the numpy stand-in, which runs it) covers
+    the plan's op schema exactly: a kind added to the schema alone fails here,
+    not on a GPU at run time. The CPU engine's match is checked by the compiler,
+    and the schema against the ops the model emits by plan.rs's tests."""
+    assert set(gpu.CudaEngine.OPS) == set(_native.OP_KINDS)
+    fields = {field for kind_fields in _native.OP_KINDS.values() for field in kind_fields}
+    assert {"src", "dst", "rows", "paths", "gate_act"} <= fields
 
 
 @needs_gpu

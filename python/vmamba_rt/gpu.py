@@ -113,6 +113,17 @@ def _scans(ops: list) -> set:
     return {(op["n"], op["r"]) for op in ops if op["op"] == "cross_scan"}
 
 
+class _Build:
+    """What the launches of one plan share while they are made (``CudaEngine._steps``)."""
+
+    def __init__(self, plan: dict, bufs: list, *, tmp, carry_a, carry_h):
+        self.bufs, self.meta = bufs, plan["buffers"]
+        self.roles = [b["role"] for b in self.meta]
+        self.f32 = [b.get("dtype") == "f32" for b in self.meta]  # fp32 work buffers (the scan's output)
+        self.tmp, self.carry_a, self.carry_h = tmp, carry_a, carry_h
+        self.steps: list = []
+
+
 class _Plan:
     """One input shape's plan: its buffers (allocated once and reused by every
     call), the launches that run it, and the CUDA graph captured over them."""
@@ -326,138 +337,180 @@ class CudaEngine:
         return entry
 
     def _steps(self, plan: dict, bufs: list) -> list:
-        """The launches for every op, with neighbouring ops fused where a kernel
-        does both; scratch the fusions and the scan need is allocated here."""
-        cp, P = self.cp, self._params
-        i32, i64 = np.int32, np.int64
-        ops, meta = plan["ops"], plan["buffers"]
-        roles = [b["role"] for b in meta]
-        f32 = [b.get("dtype") == "f32" for b in meta]  # fp32 work buffers (the scan's output)
+        """The launches for every op, each kind by its entry of ``OPS``; an entry
+        may fuse the op after it into its launches (it says how many it took).
+        Scratch the fusions and the scan need is allocated here."""
+        cp = self.cp
+        ops = plan["ops"]
+        roles = [b["role"] for b in plan["buffers"]]
         # Scratch: a GEMM result before its residual add or fp32 output; the scan's carries.
         staged = [op["rows"] * op["out"] for op in ops if op["op"] == "linear" and (op["accumulate"] or
                   roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
-        tmp = cp.empty(max(staged, default=1), self._store)
         carries = [op["b"] * len(op["paths"]) * op["di"] * op["n"]
                    * self._chunks(op["b"], len(op["paths"]), op["di"], op["h"] * op["w"])
                    for op in ops if op["op"] == "cross_scan"]
-        carry_a = cp.empty(max(carries, default=1), cp.float32)
-        carry_h = cp.empty(max(carries, default=1), cp.float32)
-
-        def src_type(buf: int) -> str:
-            return "float" if f32[buf] else self._t
-
-        steps, i = [], 0
+        ctx = _Build(plan, bufs, tmp=cp.empty(max(staged, default=1), self._store),
+                     carry_a=cp.empty(max(carries, default=1), cp.float32),
+                     carry_h=cp.empty(max(carries, default=1), cp.float32))
+        i = 0
         while i < len(ops):
-            op, kind = ops[i], ops[i]["op"]
+            op = ops[i]
             nxt = ops[i + 1] if i + 1 < len(ops) else {"op": None}
-            i += 1
-            if kind == "linear":
-                rows, out, dst = op["rows"], op["out"], bufs[op["dst"]]
-                bias = P[op["bias"]] if op["bias"] is not None else None
-                if op["accumulate"]:
-                    # dst += x W^T + b, fused with the next LayerNorm when it reads dst.
-                    steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], tmp))
-                    norm = nxt if nxt["op"] == "layer_norm" and nxt["src"] == op["dst"] and nxt["weight"] is not None \
-                        else None
-                    if norm:
-                        i += 1
-                    steps.append(self._rowwise(
-                        "residual_layernorm", rows, dst, tmp, bias, bufs[norm["dst"]] if norm else None,
-                        P[norm["weight"]] if norm else None, P[norm["bias"]] if norm else None, i64(rows), i32(out)))
-                elif roles[op["dst"]] == "output":
-                    steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], tmp))
-                    steps.append(self._elementwise("bias_to_f32", rows * out, tmp, bias, dst, i64(rows), i32(out)))
-                else:
-                    steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], dst))
-                    # The activation on the result joins the bias epilogue.
-                    act = nxt["op"] == "act" and nxt["buf"] == op["dst"] and nxt["len"] == rows * out
-                    if act:
-                        i += 1
-                    if bias is not None or act:
-                        code = ACT_CODES[nxt["act"]] if act else 0
-                        steps.append(self._elementwise("bias_act", rows * out, dst, bias, i64(rows), i32(out),
-                                                       i32(code)))
-            elif kind == "act":
-                steps.append(self._elementwise("bias_act", op["len"], bufs[op["buf"]], None, i64(op["len"]), i32(1),
-                                               i32(ACT_CODES[op["act"]])))
-            elif kind == "add_param":
-                steps.append(self._elementwise("bias_act", op["b"] * op["len"], bufs[op["buf"]], P[op["param"]],
-                                               i64(op["b"]), i32(op["len"]), i32(0)))
-            elif kind == "layer_norm":
-                rows, c = op["rows"], op["c"]
-                # No weights (the cascade scan's plain norms): null pointers, weight 1 and bias 0.
-                w = P[op["weight"]] if op["weight"] is not None else None
-                b = P[op["bias"]] if op["bias"] is not None else None
-                if not f32[op["src"]]:
-                    steps.append(self._rowwise("layernorm", rows, bufs[op["src"]], i32(c), bufs[op["dst"]], w, b,
-                                               i64(rows), i32(c)))
-                    continue
-                # The fp32 scan output: LayerNorm, with the gate that follows fused in.
-                dst, gate, gate_stride, gate_act = bufs[op["dst"]], None, 0, 0
-                if (nxt["op"] == "pointwise" and nxt["src"] == op["dst"] and nxt["act"] == "none"
-                        and nxt["gate"] is not None and (nxt["src_stride"], nxt["src_offset"]) == (c, 0)
-                        and meta[op["dst"]]["last"] == i and not f32[nxt["gate"]]):
-                    i += 1
-                    dst, gate_stride, gate_act = bufs[nxt["dst"]], nxt["gate_stride"], ACT_CODES[nxt["gate_act"]]
-                    gate = bufs[nxt["gate"]][nxt["gate_offset"]:]
-                steps.append(self._rowwise("layernorm_gate", rows, bufs[op["src"]], dst, gate, i32(gate_stride), w, b,
-                                           i64(rows), i32(c), i32(gate_act)))
-            elif kind == "pointwise":
-                if op["gate"] is not None and f32[op["gate"]]:
-                    raise _unsupported("a gate read from fp32 values")
-                n = op["rows"] * op["c"]
-                name = f"pointwise<{self._t}, {src_type(op['src'])}>"
-                steps.append(self._per_element(name, n, bufs[op["src"]], i64(op["src_stride"]), i64(op["src_offset"]),
-                                          bufs[op["dst"]], i64(op["rows"]), i32(op["c"]), i32(ACT_CODES[op["act"]]),
-                                          bufs[op["gate"]] if op["gate"] is not None else None,
-                                          i64(op["gate_stride"]), i64(op["gate_offset"]),
-                                          i32(ACT_CODES[op["gate_act"]])))
-            elif kind == "to_channels_last":
-                steps.append(self._elementwise("nchw_to_nhwc", op["b"] * op["c"] * op["h"] * op["w"], bufs[op["src"]],
-                                               bufs[op["dst"]], i32(op["b"]), i32(op["c"]), i32(op["h"]), i32(op["w"])))
-            elif kind == "to_channels_first":
-                steps.append(self._elementwise("nhwc_to_nchw", op["b"] * op["c"] * op["h"] * op["w"], bufs[op["src"]],
-                                               bufs[op["dst"]], i32(op["b"]), i32(op["c"]), i32(op["h"]), i32(op["w"])))
-            elif kind == "im2col":
-                n = op["b"] * op["ho"] * op["wo"] * op["k"] * op["k"] * op["c"]
-                steps.append(self._elementwise("im2col", n, bufs[op["src"]], bufs[op["dst"]], i32(op["b"]),
-                                               i32(op["h"]), i32(op["w"]), i32(op["c"]), i32(op["k"]),
-                                               i32(op["stride"]), i32(op["pad"]), i32(op["ho"]), i32(op["wo"])))
-            elif kind == "patch_merge":
-                n = op["b"] * ((op["h"] + 1) // 2) * ((op["w"] + 1) // 2) * 4 * op["c"]
-                steps.append(self._elementwise("patch_merge", n, bufs[op["src"]], bufs[op["dst"]], i32(op["b"]),
-                                               i32(op["h"]), i32(op["w"]), i32(op["c"])))
-            elif kind == "mean_pool":
-                b, c = op["b"], op["c"]
-                to_output = roles[op["dst"]] == "output"  # the kernel writes the activation dtype
-                pooled = tmp if to_output else bufs[op["dst"]]
-                steps.append(self._elementwise("mean_pool", b * c, bufs[op["src"]], pooled, i32(b), i32(op["hw"]),
+            launch = self.OPS.get(op["op"])
+            if launch is None:
+                raise _unsupported(f"op {op['op']!r}")
+            i += launch(self, ctx, op, nxt, i + 1)
+        return ctx.steps
+
+    def _src_type(self, ctx: "_Build", buf: int) -> str:
+        return "float" if ctx.f32[buf] else self._t
+
+    # ---- one method per op kind: (context, op, the op after it, its index) -> ops taken ---------
+    def _linear(self, ctx, op, nxt, at) -> int:
+        P, bufs, steps, i32, i64 = self._params, ctx.bufs, ctx.steps, np.int32, np.int64
+        rows, out, dst = op["rows"], op["out"], bufs[op["dst"]]
+        bias = P[op["bias"]] if op["bias"] is not None else None
+        act = ACT_CODES[op["act"]]  # the activation the plan's fusion gave it
+        if act and (op["accumulate"] or ctx.roles[op["dst"]] == "output"):
+            raise _unsupported("an activation on a residual or output GEMM")
+        if op["accumulate"]:
+            # dst += x W^T + b, fused with the next LayerNorm when it reads dst.
+            steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], ctx.tmp))
+            norm = nxt if nxt["op"] == "layer_norm" and nxt["src"] == op["dst"] and nxt["weight"] is not None \
+                else None
+            steps.append(self._rowwise(
+                "residual_layernorm", rows, dst, ctx.tmp, bias, bufs[norm["dst"]] if norm else None,
+                P[norm["weight"]] if norm else None, P[norm["bias"]] if norm else None, i64(rows), i32(out)))
+            return 2 if norm else 1
+        if ctx.roles[op["dst"]] == "output":
+            steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], ctx.tmp))
+            steps.append(self._elementwise("bias_to_f32", rows * out, ctx.tmp, bias, dst, i64(rows), i32(out)))
+            return 1
+        steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], dst))
+        if bias is not None or act:  # the bias and the activation in one pass
+            steps.append(self._elementwise("bias_act", rows * out, dst, bias, i64(rows), i32(out), i32(act)))
+        return 1
+
+    def _act(self, ctx, op, nxt, at) -> int:
+        ctx.steps.append(self._elementwise("bias_act", op["len"], ctx.bufs[op["buf"]], None, np.int64(op["len"]),
+                                           np.int32(1), np.int32(ACT_CODES[op["act"]])))
+        return 1
+
+    def _add_param(self, ctx, op, nxt, at) -> int:
+        ctx.steps.append(self._elementwise("bias_act", op["b"] * op["len"], ctx.bufs[op["buf"]],
+                                           self._params[op["param"]], np.int64(op["b"]), np.int32(op["len"]),
+                                           np.int32(0)))
+        return 1
+
+    def _layer_norm(self, ctx, op, nxt, at) -> int:
+        P, bufs, i32, i64 = self._params, ctx.bufs, np.int32, np.int64
+        rows, c = op["rows"], op["c"]
+        # No weights (the cascade scan's plain norms): null pointers, weight 1 and bias 0.
+        w = P[op["weight"]] if op["weight"] is not None else None
+        b = P[op["bias"]] if op["bias"] is not None else None
+        if not ctx.f32[op["src"]]:
+            ctx.steps.append(self._rowwise("layernorm", rows, bufs[op["src"]], i32(c), bufs[op["dst"]], w, b,
+                                           i64(rows), i32(c)))
+            return 1
+        # The fp32 scan output: LayerNorm, with the gate that follows fused in.
+        dst, gate, gate_stride, gate_act, taken = bufs[op["dst"]], None, 0, 0, 1
+        if (nxt["op"] == "pointwise" and nxt["src"] == op["dst"] and nxt["act"] == "none"
+                and nxt["gate"] is not None and (nxt["src_stride"], nxt["src_offset"]) == (c, 0)
+                and ctx.meta[op["dst"]]["last"] == at and not ctx.f32[nxt["gate"]]):
+            dst, gate_stride, gate_act, taken = bufs[nxt["dst"]], nxt["gate_stride"], ACT_CODES[nxt["gate_act"]], 2
+            gate = bufs[nxt["gate"]][nxt["gate_offset"]:]
+        ctx.steps.append(self._rowwise("layernorm_gate", rows, bufs[op["src"]], dst, gate, i32(gate_stride), w, b,
+                                       i64(rows), i32(c), i32(gate_act)))
+        return taken
+
+    def _pointwise(self, ctx, op, nxt, at) -> int:
+        bufs, i32, i64 = ctx.bufs, np.int32, np.int64
+        if op["gate"] is not None and ctx.f32[op["gate"]]:
+            raise _unsupported("a gate read from fp32 values")
+        name = f"pointwise<{self._t}, {self._src_type(ctx, op['src'])}>"
+        ctx.steps.append(self._per_element(
+            name, op["rows"] * op["c"], bufs[op["src"]], i64(op["src_stride"]), i64(op["src_offset"]),
+            bufs[op["dst"]], i64(op["rows"]), i32(op["c"]), i32(ACT_CODES[op["act"]]),
+            bufs[op["gate"]] if op["gate"] is not None else None, i64(op["gate_stride"]), i64(op["gate_offset"]),
+            i32(ACT_CODES[op["gate_act"]])))
+        return 1
+
+    def _layout(kernel: str):
+        """An op that moves (B, C, H, W) values to another layout."""
+        def launch(self, ctx, op, nxt, at) -> int:
+            i32 = np.int32
+            ctx.steps.append(self._elementwise(kernel, op["b"] * op["c"] * op["h"] * op["w"], ctx.bufs[op["src"]],
+                                               ctx.bufs[op["dst"]], i32(op["b"]), i32(op["c"]), i32(op["h"]),
+                                               i32(op["w"])))
+            return 1
+        return launch
+
+    def _im2col(self, ctx, op, nxt, at) -> int:
+        i32 = np.int32
+        n = op["b"] * op["ho"] * op["wo"] * op["k"] * op["k"] * op["c"]
+        ctx.steps.append(self._elementwise("im2col", n, ctx.bufs[op["src"]], ctx.bufs[op["dst"]], i32(op["b"]),
+                                           i32(op["h"]), i32(op["w"]), i32(op["c"]), i32(op["k"]),
+                                           i32(op["stride"]), i32(op["pad"]), i32(op["ho"]), i32(op["wo"])))
+        return 1
+
+    def _patch_merge(self, ctx, op, nxt, at) -> int:
+        i32 = np.int32
+        n = op["b"] * ((op["h"] + 1) // 2) * ((op["w"] + 1) // 2) * 4 * op["c"]
+        ctx.steps.append(self._elementwise("patch_merge", n, ctx.bufs[op["src"]], ctx.bufs[op["dst"]],
+                                           i32(op["b"]), i32(op["h"]), i32(op["w"]), i32(op["c"])))
+        return 1
+
+    def _mean_pool(self, ctx, op, nxt, at) -> int:
+        i32, i64 = np.int32, np.int64
+        b, c = op["b"], op["c"]
+        to_output = ctx.roles[op["dst"]] == "output"  # the kernel writes the activation dtype
+        pooled = ctx.tmp if to_output else ctx.bufs[op["dst"]]
+        ctx.steps.append(self._elementwise("mean_pool", b * c, ctx.bufs[op["src"]], pooled, i32(b), i32(op["hw"]),
+                                           i32(c)))
+        if to_output:
+            ctx.steps.append(self._elementwise("bias_to_f32", b * c, pooled, None, ctx.bufs[op["dst"]], i64(b),
                                                i32(c)))
-                if to_output:
-                    steps.append(self._elementwise("bias_to_f32", b * c, pooled, None, bufs[op["dst"]], i64(b),
-                                                   i32(c)))
-            elif kind == "dw_conv_act":
-                n = op["b"] * op["h"] * op["w"] * op["c"]
-                bias = P[op["bias"]] if op["bias"] is not None else None
-                name = f"dwconv_act<{self._t}, {src_type(op['src'])}>"
-                steps.append(self._per_element(name, n, bufs[op["src"]], i32(op["src_stride"]), bufs[op["dst"]],
-                                          P[op["weight"]], bias, i32(op["b"]), i32(op["h"]), i32(op["w"]),
-                                          i32(op["c"]), i32(op["k"]), i32(ACT_CODES[op["act"]])))
-            elif kind == "spatial_softmax":
-                if not f32[op["src"]]:
-                    raise _unsupported("a softmax over activations that are not fp32")
-                steps.append(self._elementwise("spatial_softmax", op["b"] * op["c"], bufs[op["src"]], bufs[op["dst"]],
-                                               i32(op["b"]), i32(op["hw"]), i32(op["c"])))
-            elif kind == "cross_scan":
-                steps += self._scan(op, bufs, carry_a, carry_h)
-            elif kind == "transpose_hw":
-                n = op["b"] * op["h"] * op["w"] * op["c"]
-                steps.append(self._per_element(f"transpose_hw<{src_type(op['src'])}>", n, bufs[op["src"]],
-                                               bufs[op["dst"]], i32(op["b"]), i32(op["h"]), i32(op["w"]),
-                                               i32(op["c"])))
-            else:
-                raise _unsupported(f"op {kind!r}")
-        return steps
+        return 1
+
+    def _dw_conv_act(self, ctx, op, nxt, at) -> int:
+        P, i32 = self._params, np.int32
+        n = op["b"] * op["h"] * op["w"] * op["c"]
+        bias = P[op["bias"]] if op["bias"] is not None else None
+        name = f"dwconv_act<{self._t}, {self._src_type(ctx, op['src'])}>"
+        ctx.steps.append(self._per_element(name, n, ctx.bufs[op["src"]], i32(op["src_stride"]), ctx.bufs[op["dst"]],
+                                           P[op["weight"]], bias, i32(op["b"]), i32(op["h"]), i32(op["w"]),
+                                           i32(op["c"]), i32(op["k"]), i32(ACT_CODES[op["act"]])))
+        return 1
+
+    def _spatial_softmax(self, ctx, op, nxt, at) -> int:
+        i32 = np.int32
+        if not ctx.f32[op["src"]]:
+            raise _unsupported("a softmax over activations that are not fp32")
+        ctx.steps.append(self._elementwise("spatial_softmax", op["b"] * op["c"], ctx.bufs[op["src"]],
+                                           ctx.bufs[op["dst"]], i32(op["b"]), i32(op["hw"]), i32(op["c"])))
+        return 1
+
+    def _cross_scan(self, ctx, op, nxt, at) -> int:
+        ctx.steps.extend(self._scan(op, ctx.bufs, ctx.carry_a, ctx.carry_h))
+        return 1
+
+    def _transpose_hw(self, ctx, op, nxt, at) -> int:
+        i32 = np.int32
+        n = op["b"] * op["h"] * op["w"] * op["c"]
+        ctx.steps.append(self._per_element(f"transpose_hw<{self._src_type(ctx, op['src'])}>", n, ctx.bufs[op["src"]],
+                                           ctx.bufs[op["dst"]], i32(op["b"]), i32(op["h"]), i32(op["w"]),
+                                           i32(op["c"])))
+        return 1
+
+    # Every op kind of the plan's schema (_native.OP_KINDS) and what launches it.
+    OPS = {
+        "to_channels_last": _layout("nchw_to_nhwc"), "to_channels_first": _layout("nhwc_to_nchw"),
+        "im2col": _im2col, "linear": _linear, "act": _act, "add_param": _add_param, "layer_norm": _layer_norm,
+        "pointwise": _pointwise, "dw_conv_act": _dw_conv_act, "cross_scan": _cross_scan,
+        "spatial_softmax": _spatial_softmax, "transpose_hw": _transpose_hw, "patch_merge": _patch_merge,
+        "mean_pool": _mean_pool,
+    }
+    del _layout
 
     def _scan(self, op: dict, bufs: list, carry_a, carry_h) -> list:
         """The chunked scan of K directions (cuda/scan.cu): chunk states, carries, output."""

@@ -370,6 +370,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "IMAGE_FORMATS",
         vmamba_rt::preprocess::IMAGE_FORMATS.to_vec(),
     )?;
+    // The plan's op schema: kind -> its fields (what an engine outside Rust implements).
+    let kinds = PyDict::new(m.py());
+    for (kind, fields) in vmamba_rt::plan::OP_KINDS {
+        kinds.set_item(kind, fields.to_vec())?;
+    }
+    m.add("OP_KINDS", kinds)?;
     ops::register(m)?;
     Ok(())
 }

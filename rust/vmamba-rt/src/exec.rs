@@ -11,9 +11,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::Epilogue;
-use crate::kernels::{act, conv, math, norm, scan};
+use crate::kernels::{act, conv, layout, norm, pool, scan};
 use crate::plan::{BufId, DType, Op, Params, Plan, Role};
-use crate::variant::Act;
 
 /// Workspaces larger than this (elements) are freed after the call, not kept.
 const KEEP_WORKSPACE: usize = 64 << 20;
@@ -114,14 +113,9 @@ pub(crate) fn run(
         })
         .collect();
     let bufs = Buffers { at };
-    let mut ops = plan.ops.iter().peekable();
-    while let Some(op) = ops.next() {
+    for op in &plan.ops {
         let start = times.as_ref().map(|_| std::time::Instant::now());
-        let then = fused_act(op, ops.peek().copied());
-        if then.is_some() {
-            ops.next();
-        }
-        step(op, then.unwrap_or(Act::None), ps, &bufs);
+        step(op, ps, &bufs);
         if let (Some(times), Some(start)) = (times.as_deref_mut(), start) {
             *times.entry(op.kind()).or_default() += start.elapsed().as_secs_f64();
         }
@@ -162,30 +156,13 @@ pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
         .zip(used)
         .map(|(b, n)| (b.as_mut_ptr(), n))
         .collect();
-    step(op, Act::None, ps, &Buffers { at });
+    step(op, ps, &Buffers { at });
     Ok(())
 }
 
-/// The activation of an `Act` op that applies to all of what the linear op before
-/// it wrote: the GEMM applies it to each tile instead (no pass of its own).
-fn fused_act(op: &Op, next: Option<&Op>) -> Option<Act> {
-    match (op, next) {
-        (
-            &Op::Linear {
-                dst,
-                rows,
-                out,
-                accumulate: false,
-                ..
-            },
-            Some(&Op::Act { buf, len, act }),
-        ) if buf == dst && len == rows * out => Some(act),
-        _ => None,
-    }
-}
-
-/// Run one op; `then` is an activation fused into it (linear ops only).
-fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
+/// Run one op (a fused op as the fusion made it: a linear op's `act` in the
+/// GEMM's epilogue, applied to each tile).
+fn step(op: &Op, ps: &Params, bufs: &Buffers) {
     let (get, put) = (|i| bufs.get(i), |i| bufs.get_mut(i));
     match *op {
         Op::ToChannelsLast {
@@ -195,7 +172,7 @@ fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
             c,
             h,
             w,
-        } => transpose_images(get(src), b, c, h * w, put(dst)),
+        } => layout::transpose_images(get(src), b, c, h * w, put(dst)),
         Op::ToChannelsFirst {
             src,
             dst,
@@ -203,7 +180,7 @@ fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
             h,
             w,
             c,
-        } => transpose_images(get(src), b, h * w, c, put(dst)),
+        } => layout::transpose_images(get(src), b, h * w, c, put(dst)),
         Op::Im2col {
             src,
             dst,
@@ -225,13 +202,14 @@ fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
             weight,
             bias,
             accumulate,
+            act,
         } => {
             let w = ps.packed(weight);
             assert_eq!(w.shape(), (out, inp), "linear weight shape");
             let x = &get(src)[..rows * inp];
             let ep = Epilogue {
                 bias: bias.map(|b| ps.data(b)),
-                act: then,
+                act,
             };
             w.apply(x, rows, ep, put(dst), accumulate);
         }
@@ -352,23 +330,7 @@ fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
             scan::cross_selective_scan(&s, y);
         }
         Op::SpatialSoftmax { src, dst, b, hw, c } => {
-            let (x, y) = (get(src), put(dst));
-            y[..b * hw * c]
-                .par_chunks_mut(hw * c)
-                .zip(x.par_chunks(hw * c))
-                .for_each(|(yi, xi)| {
-                    for ch in 0..c {
-                        let max = (0..hw).fold(f32::NEG_INFINITY, |m, p| m.max(xi[p * c + ch]));
-                        let mut sum = 0.0f64;
-                        for p in 0..hw {
-                            let e = math::exp(xi[p * c + ch] - max);
-                            yi[p * c + ch] = e;
-                            sum += e as f64;
-                        }
-                        let inv = (1.0 / sum) as f32;
-                        (0..hw).for_each(|p| yi[p * c + ch] *= inv);
-                    }
-                });
+            pool::spatial_softmax(get(src), b, hw, c, put(dst))
         }
         Op::TransposeHw {
             src,
@@ -377,20 +339,7 @@ fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
             h,
             w,
             c,
-        } => {
-            let (x, y) = (get(src), put(dst));
-            // Output row `col` of image `bi` is input column `col`.
-            y[..b * h * w * c]
-                .par_chunks_mut(h * c)
-                .enumerate()
-                .for_each(|(row, out)| {
-                    let (bi, col) = (row / w, row % w);
-                    for r in 0..h {
-                        out[r * c..(r + 1) * c]
-                            .copy_from_slice(&x[((bi * h + r) * w + col) * c..][..c]);
-                    }
-                });
-        }
+        } => layout::transpose_hw(get(src), b, h, w, c, put(dst)),
         Op::PatchMerge {
             src,
             dst,
@@ -398,57 +347,9 @@ fn step(op: &Op, then: Act, ps: &Params, bufs: &Buffers) {
             h,
             w,
             c,
-        } => patch_merge(get(src), b, h, w, c, put(dst)),
-        Op::MeanPool { src, dst, b, hw, c } => {
-            let (x, out) = (get(src), put(dst));
-            for (img, o) in x.chunks(hw * c).zip(out.chunks_mut(c)).take(b) {
-                o.fill(0.0);
-                for px in img.chunks(c) {
-                    o.iter_mut().zip(px).for_each(|(a, v)| *a += v);
-                }
-                o.iter_mut().for_each(|v| *v /= hw as f32);
-            }
-        }
+        } => layout::patch_merge(get(src), b, h, w, c, put(dst)),
+        Op::MeanPool { src, dst, b, hw, c } => pool::mean_pool(get(src), b, hw, c, put(dst)),
     }
-}
-
-/// Transpose each of `b` images from (rows, cols) to (cols, rows):
-/// NCHW -> NHWC with (rows, cols) = (C, H*W), and back with (H*W, C).
-fn transpose_images(x: &[f32], b: usize, rows: usize, cols: usize, out: &mut [f32]) {
-    out.par_chunks_mut(rows * cols)
-        .zip(x.par_chunks(rows * cols))
-        .take(b)
-        .for_each(|(o, i)| {
-            for r in 0..rows {
-                for c in 0..cols {
-                    o[c * rows + r] = i[r * cols + c];
-                }
-            }
-        });
-}
-
-/// (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C), zero-padding an odd last row / column.
-/// Channel groups in the official order: (0,0), (1,0), (0,1), (1,1) as (row, col) offsets.
-fn patch_merge(x: &[f32], b: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
-    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
-    out.par_chunks_mut(wo * 4 * c)
-        .take(b * ho)
-        .enumerate()
-        .for_each(|(row, out)| {
-            let (bi, oy) = (row / ho, row % ho);
-            for ox in 0..wo {
-                for (g, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].into_iter().enumerate() {
-                    let (iy, ix) = (2 * oy + dy, 2 * ox + dx);
-                    let dst = &mut out[(ox * 4 + g) * c..][..c];
-                    if iy < h && ix < w {
-                        let src = ((bi * h + iy) * w + ix) * c;
-                        dst.copy_from_slice(&x[src..src + c]);
-                    } else {
-                        dst.fill(0.0);
-                    }
-                }
-            }
-        });
 }
 
 #[cfg(test)]

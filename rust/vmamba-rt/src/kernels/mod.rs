@@ -15,8 +15,10 @@ pub mod bf16dot;
 pub mod conv;
 pub mod cross_scan;
 pub mod gemm;
+pub mod layout;
 pub mod math;
 pub mod norm;
+pub mod pool;
 pub mod scan;
 pub(crate) mod simd;
 

@@ -122,6 +122,7 @@ impl Linear {
             weight: self.w,
             bias: self.b,
             accumulate,
+            act: crate::variant::Act::None,
         });
     }
 
