@@ -141,19 +141,6 @@ class _LengthRequired(Exception):
     pass
 
 
-def _give_back_memory() -> None:
-    """Return the allocator's free pages to the OS (glibc): the chunks of a refused
-    body are freed, but glibc keeps them in its heap once its mapping threshold has
-    risen, and the replica would stay that much larger."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 async def read_body(request, max_bytes: int, timeout_s: float) -> bytes:
     """The request body, refused (``_BodyTooLarge``) past ``max_bytes`` — by its
     Content-Length before a byte is read, or as it streams in (a client that
@@ -188,9 +175,10 @@ def deployment(model=None, *, topk: int = 5, num_replicas: int = 1, num_cpus: fl
 
     Response: ``{"top": [{"label": ..., "prob": ...}, ...]}``; a body that is not a
     readable image gets HTTP 400 with ``{"error": ...}``, one over
-    ``max_body_bytes`` 413 (refused by its Content-Length before it is read), one
-    without a Content-Length 411, one that takes over ``body_timeout_s`` to arrive 408. Each replica takes
-    ``max_ongoing_requests`` requests at once (slow uploads included).
+    ``max_body_bytes`` 413 (refused by its Content-Length before it is read),
+    one without a Content-Length 411, one that takes over ``body_timeout_s`` to
+    arrive 408. Each replica takes ``max_ongoing_requests`` requests at once
+    (slow uploads included).
     """
     import asyncio
 
@@ -220,20 +208,18 @@ def deployment(model=None, *, topk: int = 5, num_replicas: int = 1, num_cpus: fl
             try:
                 body = await read_body(request, max_body_bytes, body_timeout_s)
             except _BodyTooLarge:
-                _give_back_memory()
                 return JSONResponse({"error": f"the body is over the limit of {max_body_bytes} bytes"},
                                     status_code=413)
             except _LengthRequired:
                 return JSONResponse({"error": "the request needs a Content-Length header"}, status_code=411)
             except asyncio.TimeoutError:
-                _give_back_memory()
                 return JSONResponse({"error": f"the body took over {body_timeout_s} s to arrive"}, status_code=408)
             try:
                 x = self.model.preprocess(body)
             except (VMambaError, OSError, TypeError) as e:
                 return JSONResponse({"error": str(e)}, status_code=400)
             finally:
-                del body
+                del body  # not held while the batch is gathered
             top = await self._classify(x)
             return {"top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
 
