@@ -36,7 +36,7 @@ def main():
     peak = {1: 0.0, 2: 0.0}
     for _ in range(args.rounds):
         for t in peak:
-            peak[t] = max(peak[t], sgemm_child(t))
+            peak[t] = max(peak[t], sgemm_child(t)[0])
         for row in ROWS:
             preset, res, batch, threads = row
             for who, python in pythons.items():
