@@ -137,6 +137,11 @@ def test_random_model_on_the_gpu_is_the_cpu_model(backend):
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert cuda.device == "cuda" and cpu.device == "cpu"
     assert rel_err(cuda(x), cpu(x)) < 1e-4 and rel_err(cuda.embeddings(x), cpu.embeddings(x)) < 1e-4
+    # The GPU holds the weights: the native model keeps their table and plans, not their values.
+    assert cuda._native.param_table() == cpu._native.param_table()
+    with pytest.raises(vmamba_rt.VMambaError, match="handed to another engine"):
+        cuda._native.forward(x)
+    assert rel_err(cuda(x[:1]), cpu(x[:1])) < 1e-4  # a new shape plans and runs on the GPU alone
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

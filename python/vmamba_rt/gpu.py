@@ -220,6 +220,8 @@ class CudaEngine:
         side, chans = native.min_size, json.loads(native.config_json)["in_chans"]
         with self._lock:
             self._plan((1, chans, side, side), "features")
+        # The GPU holds the weights now: the host copy goes (the native model only plans).
+        native.release_weights()
 
     def _setup(self, dtype: str, graphs: bool, params: list) -> None:
         """Everything but the plans' source: ``params`` is [(array, "act" | "f32")] by id."""

@@ -50,7 +50,7 @@ fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send
 }
 
 /// A loaded model (see `vmamba_rt.Model` for the documented API).
-#[pyclass(module = "vmamba_rt._native", frozen)]
+#[pyclass(module = "vmamba_rt._native")]
 struct Model {
     inner: VMamba,
 }
@@ -198,6 +198,12 @@ impl Model {
             let plan = self.inner.plan([b, c, h, w], outputs).map_err(to_py)?;
             serde_json::to_string(&plan).map_err(|e| VMambaError::new_err(e.to_string()))
         })
+    }
+
+    /// Let the weights go once another engine holds its own copy (the CUDA
+    /// engine, after uploading): plans still build; the CPU paths refuse.
+    fn release_weights(&mut self) {
+        self.inner.release_weights();
     }
 
     /// (name, dtype, shape) of every parameter the plans name, by id.

@@ -348,6 +348,23 @@ impl VMamba {
         self.params.set_weight_type(to);
     }
 
+    /// Let the weights go (another engine has its own copy, e.g. on a GPU): the
+    /// model still plans, but runs no more on the CPU (a typed error says so).
+    pub fn release_weights(&mut self) {
+        self.params.release();
+        give_back_freed_memory();
+    }
+
+    fn holds_weights(&self) -> Result<()> {
+        if self.params.released() {
+            return Err(Error::Usage(
+                "this model's weights were handed to another engine (the GPU): it runs there, not on the CPU"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The network, top to bottom, as ops into a new plan (shape already checked).
     fn emit(&self, [b, c, h, w]: [usize; 4], outputs: Outputs) -> Plan {
         let mut builder = Builder::new([b, c, h, w]);
@@ -429,6 +446,7 @@ impl VMamba {
     /// Run the plan for `shape` on the CPU, image by image across worker threads
     /// for a batch (see `per_image`); outputs stacked back into the batch.
     fn execute(&self, x: &[f32], shape: [usize; 4], outputs: Outputs) -> Result<Vec<Vec<f32>>> {
+        self.holds_weights()?;
         if outputs != Outputs::Features {
             self.classifier()?;
         }
@@ -456,6 +474,7 @@ impl VMamba {
         } else {
             Outputs::Features
         };
+        self.holds_weights()?;
         self.check_input(x, shape, outputs)?;
         let plan = self.emit(shape, outputs);
         let mut times = crate::exec::OpTimes::new();
@@ -519,6 +538,40 @@ impl VMamba {
 mod tests {
     use super::*;
     use crate::config::DownsampleVersion;
+
+    /// Released weights: the plans and the parameter table stand (another
+    /// engine needs those), the CPU paths refuse with a typed error, not a panic.
+    #[test]
+    fn a_model_whose_weights_are_released_plans_but_does_not_run() {
+        let mut cfg = Config::preset("vmamba-tiny-s1l8").unwrap();
+        (cfg.dims, cfg.depths) = (8, vec![1, 1]);
+        let mut model = VMamba::random(cfg, 0).unwrap();
+        let x = vec![0.5; 3 * 32 * 32];
+        let table: Vec<Vec<usize>> = model
+            .params()
+            .table()
+            .iter()
+            .map(|t| t.2.to_vec())
+            .collect();
+        let plan =
+            serde_json::to_string(&model.plan([1, 3, 32, 32], Outputs::Logits).unwrap()).unwrap();
+        assert!(model.forward(&x, [1, 3, 32, 32]).is_ok());
+        model.release_weights();
+        let after: Vec<Vec<usize>> = model
+            .params()
+            .table()
+            .iter()
+            .map(|t| t.2.to_vec())
+            .collect();
+        assert_eq!(after, table);
+        let again =
+            serde_json::to_string(&model.plan([1, 3, 32, 32], Outputs::Logits).unwrap()).unwrap();
+        assert_eq!(again, plan);
+        let err = model.forward(&x, [1, 3, 32, 32]).unwrap_err().to_string();
+        assert!(err.contains("handed to another engine"), "{err}");
+        assert!(model.profile(&x, [1, 3, 32, 32]).is_err());
+        assert!(model.features(&x, [1, 3, 32, 32]).is_err());
+    }
 
     #[test]
     fn min_size_is_exact_for_every_stem_and_downsample() {

@@ -42,6 +42,10 @@ enum Slot {
         shape: Vec<usize>,
         w: PackedWeight,
     },
+    /// Handed to another engine ([`Params::release`]): its shape alone is kept.
+    Released {
+        shape: Vec<usize>,
+    },
 }
 
 impl Params {
@@ -100,6 +104,7 @@ impl Params {
             (Slot::Packed { .. }, ParamNeed::Values(_)) => Err(format!(
                 "parameter {name} is a linear weight, packed for the GEMM"
             )),
+            (Slot::Released { .. }, _) => Err(format!("parameter {name} was released")),
             _ => Ok(()),
         }
     }
@@ -112,6 +117,7 @@ impl Params {
         match &self.slots[id] {
             Slot::Dense(p) => p.data(),
             Slot::Packed { .. } => panic!("parameter {} is packed for the GEMM", self.names[id]),
+            Slot::Released { .. } => panic!("parameter {} was released", self.names[id]),
         }
     }
 
@@ -122,7 +128,9 @@ impl Params {
     pub fn packed(&self, id: ParamId) -> &PackedWeight {
         match &self.slots[id] {
             Slot::Packed { w, .. } => w,
-            Slot::Dense(_) => panic!("parameter {} is not a linear weight", self.names[id]),
+            Slot::Dense(_) | Slot::Released { .. } => {
+                panic!("parameter {} is not a linear weight", self.names[id])
+            }
         }
     }
 
@@ -132,7 +140,29 @@ impl Params {
         match &self.slots[id] {
             Slot::Dense(p) => p.data().into(),
             Slot::Packed { w, .. } => w.unpack().into(),
+            Slot::Released { .. } => panic!("parameter {} was released", self.names[id]),
         }
+    }
+
+    /// Let every parameter's values go, keeping names, dtypes and shapes (the
+    /// plans need those alone): for a model whose weights another engine has
+    /// taken (the CUDA engine uploads them, and the host copy would double the
+    /// memory). Reading a value afterwards panics; [`Params::released`] says so first.
+    pub fn release(&mut self) {
+        for slot in &mut self.slots {
+            let shape = match slot {
+                Slot::Dense(p) => p.shape().to_vec(),
+                Slot::Packed { shape, .. } | Slot::Released { shape } => std::mem::take(shape),
+            };
+            *slot = Slot::Released { shape };
+        }
+    }
+
+    /// True once [`Params::release`] has let the values go.
+    pub fn released(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Released { .. }))
     }
 
     /// How the linear weights are stored: re-rounds them to bf16, or widens
@@ -157,7 +187,7 @@ impl Params {
             .map(|i| {
                 let shape = match &self.slots[i] {
                     Slot::Dense(p) => p.shape(),
-                    Slot::Packed { shape, .. } => shape,
+                    Slot::Packed { shape, .. } | Slot::Released { shape } => shape,
                 };
                 (self.names[i].as_str(), self.dtypes[i], shape)
             })
