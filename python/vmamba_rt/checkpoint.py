@@ -359,13 +359,18 @@ def _zip_entries(f) -> int | None:
     return entries
 
 
-def open_regular(path: str, what: str):
-    """Open a regular file for reading; refuse folders, FIFOs and devices first
-    (opening a FIFO blocks until someone writes to it)."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path}: not a regular file (a folder, FIFO or device); expected {what}")
-    return open(path, "rb")
+def open_regular(path: str, what: str, error: type = CheckpointError):
+    """Open a regular file for reading; refuse folders, FIFOs and devices with
+    ``error`` first. The open does not block (a FIFO would wait for a writer),
+    and the type is checked on what was opened, not on a name that may change."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{path}: not a regular file (a folder, FIFO or device); expected {what}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def load_pth(path: str) -> Any:

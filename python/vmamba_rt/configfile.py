@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 
+from .checkpoint import _short, open_regular
 from .errors import ConversionError
 
 MAX_BYTES = 1 << 20
@@ -31,33 +31,18 @@ MAX_NUMBER_CHARS = 64
 BASE_KEYS = ("BASE", "_BASE_")  # the official config.py's name, and yacs/fvcore's
 
 
-def read_regular(path: str, limit: int, what: str) -> bytes:
-    """The bytes of ``path``, refused (never cut) past ``limit``, and refused
-    before waiting on anything that is not a regular file (a FIFO would block)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
-        raise ConversionError(f"{path}: cannot read the {what}: {e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConversionError(f"{path}: the {what} is not a regular file (a folder, FIFO or device)")
-        if st.st_size > limit:
-            raise ConversionError(f"{path}: the {what} is {st.st_size} bytes, over the limit of {limit}")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise ConversionError(f"{path}: cannot read the {what}: {e}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:  # it grew after fstat
-        raise ConversionError(f"{path}: the {what} is over the limit of {limit} bytes")
-    return data
-
-
 def _text(path: str) -> str:
+    """The file's text: a regular file (checkpoint.open_regular) of at most
+    MAX_BYTES, refused, never cut, past that."""
     try:
-        return read_regular(path, MAX_BYTES, "config").decode("utf-8")
+        with open_regular(path, "a config file", ConversionError) as f:
+            data = f.read(MAX_BYTES + 1)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        raise ConversionError(f"{path}: cannot read the config: {e}") from None
+    if len(data) > MAX_BYTES:
+        raise ConversionError(f"{path}: the config is over the limit of {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConversionError(f"{path}: the config is not UTF-8 text: {e}") from None
 
@@ -120,9 +105,9 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a config can hold")
 
 
-def load_json(path: str, text: str | None = None):
+def load_json(path: str):
     """A JSON config, bounded as the module says."""
-    text = _text(path) if text is None else text
+    text = _text(path)
     if _json_depth(text) > MAX_DEPTH:
         raise ConversionError(f"{path}: the config is nested more than {MAX_DEPTH} levels deep")
     try:
@@ -171,7 +156,7 @@ def _yaml_loader():
         def _number(self, node, kind):
             text = str(node.value).replace("_", "")
             if len(text) > MAX_NUMBER_CHARS or ":" in text:  # ':' is YAML 1.1's base 60
-                raise ConstructorError(None, None, f"{_preview(node.value)} is not a number a config can hold",
+                raise ConstructorError(None, None, f"{_short(node.value, 40)} is not a number a config can hold",
                                        node.start_mark)
             return kind(self, node)
 
@@ -188,11 +173,6 @@ def _yaml_loader():
     Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_float)
     Loader.add_constructor("tag:yaml.org,2002:timestamp", Loader.construct_plain)
     return Loader
-
-
-def _preview(value, limit: int = 40) -> str:
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def load_yaml(path: str):
