@@ -18,38 +18,8 @@
 //! weight keeps the f32-widening panels of `gemm` and this module is unused
 //! but for its portable copy, which tests run everywhere.
 
-use super::gemm::{self, Bf16, Epilogue, Lhs, Out, Task, NR};
+use super::gemm::{self, with_act, Bf16, Epilogue, Lhs, Out, Task, NR};
 use crate::memory::elements;
-use crate::variant::Act;
-
-/// `$body` with `$c` the const index of `act` in the epilogue's table, so that
-/// each activation gets its own copy of the loops (as `gemm`'s tiles do).
-macro_rules! with_act {
-    ($act:expr, $c:ident => $body:expr) => {
-        match $act {
-            Act::None => {
-                const $c: usize = 0;
-                $body
-            }
-            Act::Silu => {
-                const $c: usize = 1;
-                $body
-            }
-            Act::Gelu => {
-                const $c: usize = 2;
-                $body
-            }
-            Act::Relu => {
-                const $c: usize = 3;
-                $body
-            }
-            Act::Sigmoid => {
-                const $c: usize = 4;
-                $body
-            }
-        }
-    };
-}
 
 /// Set to `0` to keep bf16 weights on the f32-widening kernel even where the
 /// CPU has AVX512_BF16 (for comparison: it rounds only the weights).
@@ -262,7 +232,7 @@ unsafe fn portable_with<const ACT: usize>(t: &Task<Bf16>, x: &[u32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{pairs, Act, Bf16, Task, NR};
+    use super::{pairs, with_act, Bf16, Task, NR};
 
     /// Rows a tile takes (24 sums, 2 weights and a broadcast: 27 of 32 registers).
     const MR: usize = 12;
@@ -389,6 +359,7 @@ mod tests {
     use super::*;
     use crate::kernels::gemm::{PackedWeight, WeightType};
     use crate::testutil::{max_abs_diff, randn};
+    use crate::variant::Act;
 
     #[test]
     fn dot_ref_is_the_instructions_arithmetic() {
@@ -564,7 +535,7 @@ mod tests {
         let x = randn(m * k, 16);
         let w = randn(n * k, 17);
         let f32w = PackedWeight::new(&w, n, k, WeightType::F32);
-        let panels = pack(&f32w.f32_panels(), n, k);
+        let panels = pack(&f32w.clone().f32_panels(), n, k);
         let (mut got, mut want) = (vec![0.0; m * n], vec![0.0; m * n]);
         gemm(
             Lhs {

@@ -198,49 +198,45 @@ impl PackedWeight {
     /// bf16 weight for `bf16dot` (which runs anywhere, vectorised only with
     /// AVX512_BF16), else for the f32-widening tiles.
     pub fn to_layout(self, to: WeightType, bf16_arithmetic: bool) -> Self {
+        let pairs = to == WeightType::Bf16 && bf16_arithmetic;
+        let already = match self.panels {
+            Panels::F32(_) => to == WeightType::F32,
+            Panels::Bf16(_) => to == WeightType::Bf16 && !pairs,
+            Panels::Bf16Pairs(_) => pairs,
+        };
+        if already {
+            return self;
+        }
+        // Any other change goes through the f32 panels.
         let (n, k) = (self.n, self.k);
-        let panels = match (self.panels, to, bf16_arithmetic) {
-            (Panels::F32(p), WeightType::F32, _) => Panels::F32(p),
-            (Panels::F32(p), WeightType::Bf16, true) => Panels::Bf16Pairs(bf16dot::pack(&p, n, k)),
-            (Panels::F32(p), WeightType::Bf16, false) => {
-                Panels::Bf16(p.iter().map(|&v| Bf16::from_f32(v)).collect())
-            }
-            (Panels::Bf16(p), WeightType::Bf16, false) => Panels::Bf16(p),
-            (Panels::Bf16Pairs(p), WeightType::Bf16, true) => Panels::Bf16Pairs(p),
-            // Between bf16 layouts, or back to f32: through the f32 panels.
-            (Panels::Bf16(p), to, dot) => {
-                let f32_panels = Panels::F32(p.iter().map(|v| v.to_f32()).collect());
-                return PackedWeight {
-                    n,
-                    k,
-                    panels: f32_panels,
-                }
-                .to_layout(to, dot);
-            }
-            (pairs @ Panels::Bf16Pairs(_), to, dot) => {
-                let w = PackedWeight {
-                    n,
-                    k,
-                    panels: pairs,
-                }
-                .unpack();
-                return PackedWeight::from_vec(w, n, k).to_layout(to, dot);
+        let f32_panels = match self.panels {
+            Panels::F32(p) => p,
+            Panels::Bf16(p) => p.iter().map(|v| v.to_f32()).collect(),
+            Panels::Bf16Pairs(p) => {
+                PackedWeight::from_vec(bf16dot::unpack(&p, n, k), n, k).f32_panels()
             }
         };
-        PackedWeight { panels, ..self }
+        let panels = match to {
+            WeightType::F32 => Panels::F32(f32_panels),
+            WeightType::Bf16 if pairs => Panels::Bf16Pairs(bf16dot::pack(&f32_panels, n, k)),
+            WeightType::Bf16 => {
+                Panels::Bf16(f32_panels.iter().map(|&v| Bf16::from_f32(v)).collect())
+            }
+        };
+        PackedWeight { n, k, panels }
     }
 
     /// W back as (N, K) row-major f32 (bf16 values widened).
     pub fn unpack(&self) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let at = |i: usize| match &self.panels {
-            Panels::F32(p) => p[i],
-            Panels::Bf16(p) => p[i].to_f32(),
-            Panels::Bf16Pairs(_) => unreachable!("unpacked by bf16dot"),
-        };
         if let Panels::Bf16Pairs(p) = &self.panels {
             return bf16dot::unpack(p, n, k);
         }
+        let at = |i: usize| match &self.panels {
+            Panels::F32(p) => p[i],
+            Panels::Bf16(p) => p[i].to_f32(),
+            Panels::Bf16Pairs(_) => unreachable!("returned above"),
+        };
         let mut w = vec![0.0; n * k];
         for col in 0..n {
             for kk in 0..k {
@@ -250,11 +246,10 @@ impl PackedWeight {
         w
     }
 
-    /// The f32 panels (for the tests of kernels that start from them).
-    #[cfg(test)]
-    pub(crate) fn f32_panels(&self) -> Vec<f32> {
-        match &self.panels {
-            Panels::F32(p) => p.clone(),
+    /// The f32 panels of an f32 weight (what the other layouts are made from).
+    pub(crate) fn f32_panels(self) -> Vec<f32> {
+        match self.panels {
+            Panels::F32(p) => p,
             _ => panic!("not an f32 weight"),
         }
     }
@@ -504,9 +499,39 @@ unsafe fn block<E: PanelElem>(t: &Task<E>) {
 /// Panels a single-row tile takes at once.
 const ROW_PANELS: usize = 4;
 
-/// The activations by the index `Task::run` gives each copy of the loops.
-pub(super) const EPILOGUE_ACTS: [Act; 5] =
-    [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
+/// The activations by the index `with_act!` gives each copy of the loops.
+const EPILOGUE_ACTS: [Act; 5] = [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
+
+/// `$body` with `$c` the const index of activation `$act` in `EPILOGUE_ACTS`,
+/// so that each activation gets its own copy of the tile loops (the epilogue's
+/// activation a constant, folded into vector code, not a branch per element).
+macro_rules! with_act {
+    ($act:expr, $c:ident => $body:expr) => {
+        match $act {
+            $crate::variant::Act::None => {
+                const $c: usize = 0;
+                $body
+            }
+            $crate::variant::Act::Silu => {
+                const $c: usize = 1;
+                $body
+            }
+            $crate::variant::Act::Gelu => {
+                const $c: usize = 2;
+                $body
+            }
+            $crate::variant::Act::Relu => {
+                const $c: usize = 3;
+                $body
+            }
+            $crate::variant::Act::Sigmoid => {
+                const $c: usize = 4;
+                $body
+            }
+        }
+    };
+}
+pub(super) use with_act;
 
 /// Rows `rows` x panels `cols` of `out (+)= act(a Wᵀ + bias)` (what `gemm` checked).
 pub(super) struct Task<'a, E> {
@@ -528,17 +553,10 @@ pub(super) struct Task<'a, E> {
 unsafe impl<E: Sync> Sync for Task<'_, E> {}
 
 impl<E: PanelElem> Task<'_, E> {
-    /// One copy of the loops per activation, so that the epilogue's is a
-    /// constant (folded into vector code, not a branch per element).
+    /// One copy of the loops per activation (`with_act!`).
     #[inline(always)]
     unsafe fn run<F: Fma, const MR: usize, const NP: usize>(&self) {
-        match self.ep.act {
-            Act::None => self.run_with::<F, MR, NP, 0>(),
-            Act::Silu => self.run_with::<F, MR, NP, 1>(),
-            Act::Gelu => self.run_with::<F, MR, NP, 2>(),
-            Act::Relu => self.run_with::<F, MR, NP, 3>(),
-            Act::Sigmoid => self.run_with::<F, MR, NP, 4>(),
-        }
+        with_act!(self.ep.act, ACT => self.run_with::<F, MR, NP, ACT>())
     }
 
     /// Panels in steps of NP (then one at a time), rows in tiles of MR: the
