@@ -25,13 +25,14 @@ def imagenet_labels() -> list[str]:
 def labels_from_metadata(metadata: dict, num_classes: int) -> list[str]:
     """Names stored in the weights, else class indices as strings. The entry's
     size is checked against what ``num_classes`` names can need before it is parsed."""
-    from ._native import LIMITS
+    from ._native import check_metadata_sizes
     from .errors import VMambaError
 
     raw = metadata.get(META_LABELS)
-    limit = 64 + num_classes * LIMITS["label_bytes"]
-    if raw and (not isinstance(raw, str) or len(raw) > limit):
-        raise VMambaError(f"{META_LABELS} holds more than {limit} bytes, more than {num_classes} names need")
+    if raw and not isinstance(raw, str):
+        raise VMambaError(f"{META_LABELS} must be a JSON list of names")
+    if raw:
+        check_metadata_sizes({META_LABELS: raw}, num_classes)  # the core's bound, before parsing
     try:
         labels = json.loads(raw) if raw else []
     except (ValueError, RecursionError) as e:

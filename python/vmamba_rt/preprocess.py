@@ -96,9 +96,9 @@ class Preprocess:
         raw = metadata.get(META_PREPROCESS)
         if not raw:
             return cls()
-        limit = _native.LIMITS["metadata_entry_bytes"][META_PREPROCESS]
-        if not isinstance(raw, str) or len(raw) > limit:
-            raise VMambaError(f"{META_PREPROCESS} is not valid: more than {limit} bytes of JSON")
+        if not isinstance(raw, str):
+            raise VMambaError(f"{META_PREPROCESS} is not valid: a JSON string is needed, got a {type(raw).__name__}")
+        _native.check_metadata_sizes({META_PREPROCESS: raw})  # the core's bound, before parsing
         try:
             d = json.loads(raw)
         except (ValueError, RecursionError) as e:

@@ -307,6 +307,22 @@ fn parameter_shapes(py: Python<'_>, config_json: &str) -> PyResult<Vec<(String, 
     })
 }
 
+/// Refuse metadata entries over their size bounds, as a load does (the fixed
+/// entries; the labels against `num_classes` when it is given), by name and
+/// size: the Python readers check what they parse with the core's one rule.
+#[pyfunction]
+#[pyo3(signature = (entries, num_classes=None))]
+fn check_metadata_sizes(
+    entries: std::collections::HashMap<String, String>,
+    num_classes: Option<usize>,
+) -> PyResult<()> {
+    vmamba_rt::format::check_entry_sizes(&entries).map_err(to_py)?;
+    if let Some(n) = num_classes {
+        vmamba_rt::format::check_labels_size(&entries, n).map_err(to_py)?;
+    }
+    Ok(())
+}
+
 /// A config (JSON) checked against every range the runtime enforces, in canonical form.
 #[pyfunction]
 fn normalize_config(config_json: &str) -> PyResult<String> {
@@ -343,6 +359,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(preprocess_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_pickle, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_config, m)?)?;
+    m.add_function(wrap_pyfunction!(check_metadata_sizes, m)?)?;
     m.add("VMambaError", m.py().get_type::<VMambaError>())?;
     let format = PyDict::new(m.py());
     format.set_item("version", vmamba_rt::format::FORMAT_VERSION)?;
@@ -352,12 +369,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT", format)?;
     // The core's limits, for the Python checks that come before it.
     let limits = PyDict::new(m.py());
-    let entry_bytes = PyDict::new(m.py());
-    for (key, max) in vmamba_rt::format::MAX_ENTRY_BYTES {
-        entry_bytes.set_item(key, max)?;
-    }
-    limits.set_item("metadata_entry_bytes", entry_bytes)?;
-    limits.set_item("label_bytes", vmamba_rt::format::MAX_LABEL_BYTES)?;
     use vmamba_rt::Config;
     limits.set_item("dims", Config::MAX_DIMS)?;
     limits.set_item("blocks", Config::MAX_DEPTH)?;
