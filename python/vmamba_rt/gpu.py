@@ -116,11 +116,11 @@ def _scans(ops: list) -> set:
 class _Build:
     """What the launches of one plan share while they are made (``CudaEngine._steps``)."""
 
-    def __init__(self, plan: dict, bufs: list, *, tmp, carry_a, carry_h):
+    def __init__(self, plan: dict, bufs: list):
         self.bufs, self.meta = bufs, plan["buffers"]
         self.roles = [b["role"] for b in self.meta]
         self.f32 = [b.get("dtype") == "f32" for b in self.meta]  # fp32 work buffers (the scan's output)
-        self.tmp, self.carry_a, self.carry_h = tmp, carry_a, carry_h
+        self.tmp = self.carry_a = self.carry_h = None  # scratch, sized by CudaEngine._steps
         self.steps: list = []
 
 
@@ -343,17 +343,16 @@ class CudaEngine:
         may fuse the op after it into its launches (it says how many it took).
         Scratch the fusions and the scan need is allocated here."""
         cp = self.cp
-        ops = plan["ops"]
-        roles = [b["role"] for b in plan["buffers"]]
+        ops, ctx = plan["ops"], _Build(plan, bufs)
         # Scratch: a GEMM result before its residual add or fp32 output; the scan's carries.
         staged = [op["rows"] * op["out"] for op in ops if op["op"] == "linear" and (op["accumulate"] or
-                  roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
+                  ctx.roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
         carries = [op["b"] * len(op["paths"]) * op["di"] * op["n"]
                    * self._chunks(op["b"], len(op["paths"]), op["di"], op["h"] * op["w"])
                    for op in ops if op["op"] == "cross_scan"]
-        ctx = _Build(plan, bufs, tmp=cp.empty(max(staged, default=1), self._store),
-                     carry_a=cp.empty(max(carries, default=1), cp.float32),
-                     carry_h=cp.empty(max(carries, default=1), cp.float32))
+        ctx.tmp = cp.empty(max(staged, default=1), self._store)
+        ctx.carry_a = cp.empty(max(carries, default=1), cp.float32)
+        ctx.carry_h = cp.empty(max(carries, default=1), cp.float32)
         i = 0
         while i < len(ops):
             op = ops[i]
