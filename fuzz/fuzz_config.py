@@ -40,28 +40,6 @@ def TestOneInput(data: bytes) -> None:
         pass
 
 
-def seeds(folder: str) -> None:
-    """Seed inputs: official-style yacs yaml with a base, and runtime JSON."""
-    os.makedirs(folder, exist_ok=True)
-    yacs = (b"MODEL:\n  TYPE: vssm\n  NAME: vssm1_tiny\n  VSSM:\n    EMBED_DIM: 96\n    DEPTHS: [ 2, 2, 5, 2 ]\n"
-            b"    SSM_D_STATE: 1\n    SSM_DT_RANK: \"auto\"\n    SSM_RATIO: 2.0\n    SSM_CONV: 3\n"
-            b"    SSM_CONV_BIAS: false\n    SSM_FORWARDTYPE: \"v05_noz\"\n    MLP_RATIO: 4.0\n"
-            b"    DOWNSAMPLE: \"v3\"\n    PATCHEMBED: \"v2\"\n")
-    inputs = {
-        "yacs": b"\0" + yacs,
-        "based": b"\0_BASE_: [base.yaml]\nMODEL:\n  VSSM: {EMBED_DIM: 8}\n\0" + yacs,
-        "runtime": b"\1" + b'{"dims": 8, "depths": [1, 1], "ssm_d_state": 1, "ssm_ratio": 2.0, "ssm_conv_bias": false, '
-                           b'"forward_type": "v05_noz", "mlp_ratio": 4.0, "patchembed_version": "v2", '
-                           b'"downsample_version": "v3", "num_classes": 10}',
-    }
-    for name, blob in inputs.items():
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(blob)
-
-
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if args and not os.path.isfile(args[0]):  # a corpus folder, not one input to rerun
-        seeds(args[0])
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

@@ -47,21 +47,6 @@ def TestOneInput(data: bytes) -> None:
         pass
 
 
-def seeds(folder: str) -> None:
-    os.makedirs(folder, exist_ok=True)
-    inputs = {
-        "default": Preprocess().to_json().encode() + b"\0" + b'["zero", "one", "two"]' + b"\0\3",
-        "squash": b'{"input_size": 32, "resize": "squash", "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5]}'
-                  b"\0[]\0\0",
-    }
-    for name, blob in inputs.items():
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(blob)
-
-
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if args and not os.path.isfile(args[0]):  # a corpus folder, not one input to rerun
-        seeds(args[0])
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
