@@ -159,6 +159,14 @@ def test_serve_answers_concurrent_requests_like_the_local_api(cluster, digits, t
         serve.shutdown()
 
 
+@pytest.mark.parametrize("arg,value", [("max_body_bytes", 1.5), ("max_body_bytes", 0), ("body_timeout_s", float("nan")),
+                                       ("body_timeout_s", -1), ("max_ongoing_requests", 1.5),
+                                       ("max_ongoing_requests", True)])
+def test_endpoint_limits_are_checked(arg, value):
+    with pytest.raises(vmamba_rt.VMambaError, match=f"{arg} must be a positive"):
+        vray.deployment(**{arg: value})
+
+
 def _replica_rss_mb() -> float:
     """Resident memory of the classifier's replica, an actor on this machine (Ray
     names its process after the deployment)."""

@@ -186,10 +186,11 @@ def deployment(model=None, *, topk: int = 5, num_replicas: int = 1, num_cpus: fl
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    for name, value in (("max_body_bytes", max_body_bytes), ("body_timeout_s", body_timeout_s),
-                        ("max_ongoing_requests", max_ongoing_requests)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise VMambaError(f"{name} must be a positive number, got {value!r}")
+    for name, value, kind in (("max_body_bytes", max_body_bytes, int), ("body_timeout_s", body_timeout_s, (int, float)),
+                              ("max_ongoing_requests", max_ongoing_requests, int)):
+        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+            what = "number" if kind is not int else "whole number"
+            raise VMambaError(f"{name} must be a positive {what}, got {value!r}")
 
     @serve.deployment(num_replicas=num_replicas, max_ongoing_requests=max_ongoing_requests,
                       ray_actor_options={"num_cpus": num_cpus, "num_gpus": 1 if device == "cuda" else 0})
