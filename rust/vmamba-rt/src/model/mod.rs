@@ -547,23 +547,15 @@ mod tests {
         (cfg.dims, cfg.depths) = (8, vec![1, 1]);
         let mut model = VMamba::random(cfg, 0).unwrap();
         let x = vec![0.5; 3 * 32 * 32];
-        let table: Vec<Vec<usize>> = model
-            .params()
-            .table()
-            .iter()
-            .map(|t| t.2.to_vec())
-            .collect();
+        let shapes = |m: &VMamba| -> Vec<Vec<usize>> {
+            m.params().table().iter().map(|t| t.2.to_vec()).collect()
+        };
+        let table = shapes(&model);
         let plan =
             serde_json::to_string(&model.plan([1, 3, 32, 32], Outputs::Logits).unwrap()).unwrap();
         assert!(model.forward(&x, [1, 3, 32, 32]).is_ok());
         model.release_weights();
-        let after: Vec<Vec<usize>> = model
-            .params()
-            .table()
-            .iter()
-            .map(|t| t.2.to_vec())
-            .collect();
-        assert_eq!(after, table);
+        assert_eq!(shapes(&model), table);
         let again =
             serde_json::to_string(&model.plan([1, 3, 32, 32], Outputs::Logits).unwrap()).unwrap();
         assert_eq!(again, plan);
