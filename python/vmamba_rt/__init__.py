@@ -13,11 +13,12 @@ from .convert import ArchitectureGuessWarning, convert
 from .errors import CheckpointError, ConversionError, DownloadError, VMambaError
 from .loading import DEFAULT_MODEL, load, resolve
 from .model import BFloat16Warning, Model, check_device, cpu_info
+from .onnx_export import ExportError, export_onnx
 
 __version__ = "0.1.0"
 convert_checkpoint = convert  # the function, where `convert` is also a keyword of load()
 __all__ = ["load", "convert", "download", "Model", "VMambaError", "ConversionError", "CheckpointError", "DownloadError",
            "ArchitectureGuessWarning", "BFloat16Warning", "cpu_info", "resolve", "check_device", "DEFAULT_MODEL",
-           "hub", "__version__"]
+           "hub", "export_onnx", "ExportError", "__version__"]
 
 download = hub.download

@@ -1,4 +1,4 @@
-"""The ``vmamba-rt`` command line: convert, classify, batch and serve (on Ray), models, download.
+"""The ``vmamba-rt`` command line: convert, classify, batch and serve (on Ray), export (ONNX), models, download.
 
 Results go to stdout, one image after another; progress, warnings and errors go
 to stderr. ``classify`` goes on past images it cannot read, reports each, and
@@ -290,6 +290,20 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .onnx_export import ExportError, export_onnx
+
+    size = args.input_size
+    if size is not None and len(size) > 2:
+        raise ExportError(f"--input-size takes a side or a height and a width, got {len(size)} numbers")
+    info = export_onnx(args.model, args.output, input_size=None if size is None else tuple(size * (3 - len(size))),
+                       batch=args.batch, outputs=args.outputs, dtype=args.dtype, opset=args.opset, scan=args.scan)
+    batch = "dynamic batch" if args.batch is None else f"batch {args.batch}"
+    print(f"wrote {shown(info.path)}: {batch}, input {info.input_shape[2]}x{info.input_shape[3]}, outputs "
+          f"{', '.join(info.outputs)}; {info.nodes} nodes, {info.bytes / 1e6:.1f} MB in {info.seconds:.1f} s")
+    return 0
+
+
 def _add_ray_options(p, worker: str) -> None:
     p.add_argument("--ray", metavar="ADDRESS", help="the cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
     p.add_argument("--cpus-per-worker", type=float, default=1, help=f"CPUs Ray reserves for each {worker}")
@@ -358,6 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests a replica takes at once, slow uploads included")
     _add_model_options(v, batch=16, batch_help="most requests batched into one forward pass")
     v.set_defaults(func=_cmd_serve)
+
+    from .onnx_export import DEFAULT_OPSET, DTYPES, OUTPUTS, SCAN_FORMS
+
+    e = sub.add_parser("export", help="export a model to ONNX (for ONNX Runtime, OpenVINO, TensorRT)",
+                       formatter_class=fmt)
+    e.add_argument("model", nargs="?", help="weights path or downloaded registry name (default: the bundled digits model)")
+    e.add_argument("-o", "--output", default="model.onnx", help="the .onnx file to write")
+    e.add_argument("--input-size", type=_positive, nargs="+", metavar=("H", "W"),
+                   help="input height and width fixed in the graph (one number: a square; default: the model's "
+                        "preprocessing size)")
+    batch = e.add_mutually_exclusive_group()
+    batch.add_argument("--dynamic-batch", action="store_const", const=None, dest="batch",
+                       help="any batch size at run time (the default)")
+    batch.add_argument("--batch", type=_positive, help="a fixed batch size instead")
+    e.add_argument("--outputs", choices=OUTPUTS, help="what the graph returns (default: logits, or a backbone's features)")
+    e.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="float16: weights and activations in fp16, the scan and the outputs in fp32")
+    e.add_argument("--scan", choices=SCAN_FORMS, default="chunked", help="how the selective scan is written")
+    e.add_argument("--opset", type=_positive, default=DEFAULT_OPSET, help="ONNX opset")
+    e.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("models", help="list the bundled and the official models", formatter_class=fmt)
     m.add_argument("--json", action="store_true", help="one JSON object per model")

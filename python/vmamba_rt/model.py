@@ -114,6 +114,7 @@ class Model:
 
     def _init(self, path: str, native, device: str, dtype: str, out_indices: list[int] | None = None) -> None:
         self.path = path
+        self.dtype = dtype
         self._native = native
         self.config: dict = json.loads(native.config_json)
         self.out_indices: list[int] = self._check_indices(out_indices) if out_indices is not None else self._stages()

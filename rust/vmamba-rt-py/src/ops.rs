@@ -3,8 +3,8 @@
 //! the other backends.
 
 use numpy::{
-    IntoPyArray, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
-    PyReadonlyArray4, PyReadonlyArray5, PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArray5, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
@@ -136,6 +136,33 @@ fn cross_merge_ref<'py>(
     })
 }
 
+/// Two index arrays (see `scan_order`).
+type IndexPair<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
+
+/// The order a scan path walks an h x w map: for each step, the pixel it reads
+/// and the pixel its output is added to (row-major indices). The one definition
+/// of the paths, for engines written outside Rust (the ONNX exporter).
+#[pyfunction]
+fn scan_order<'py>(py: Python<'py>, path: &str, h: usize, w: usize) -> PyResult<IndexPair<'py>> {
+    let path: vmamba_rt::variant::ScanPath = serde_json::from_value(path.into())
+        .map_err(|_| VMambaError::new_err(format!("unknown scan path {path:?}")))?;
+    let steps = h
+        .checked_mul(w)
+        .filter(|&n| n > 0 && n <= 1 << 24)
+        .ok_or_else(|| {
+            VMambaError::new_err(format!("scan_order: a {h} x {w} map is out of range"))
+        })?;
+    let (read, lands): (Vec<i64>, Vec<i64>) = (0..steps)
+        .map(|l| {
+            (
+                path.position(l, h, w) as i64,
+                path.out_position(l, h, w) as i64,
+            )
+        })
+        .unzip();
+    Ok((read.into_pyarray(py), lands.into_pyarray(py)))
+}
+
 /// Run one plan op (JSON, as in a plan) with the CPU engine on `buffers` (f32,
 /// flat, indexed by the op's buffer ids) and `params` (by id; `act` dtype).
 /// Returns the buffers after the op. For op-level tests of other backends.
@@ -236,6 +263,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cross_scan_ref, m)?)?;
     m.add_function(wrap_pyfunction!(cross_merge_ref, m)?)?;
     m.add_function(wrap_pyfunction!(run_op, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_order, m)?)?;
     m.add_function(wrap_pyfunction!(gemm_gflops, m)?)?;
     Ok(())
 }
