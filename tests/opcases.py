@@ -11,7 +11,7 @@ ACTS = ["none", "gelu", "silu", "relu", "sigmoid"]
 
 
 def op_cases(rng, rowwise: bool = False):
-    """(op or ops, buffer lengths, parameter lengths, fp32 buffer ids) on random
+    """(op, buffer lengths, parameter lengths, fp32 buffer ids) on random
     shapes, every op kind and form. ``rowwise``: strided reads stay inside their
     rows and fill their buffers, as in every plan the model emits (what the ONNX
     exporter supports); else a read may run on into the next row."""
@@ -41,8 +41,8 @@ def op_cases(rng, rowwise: bool = False):
     ]
     for f32 in [(), (0,)]:  # from activations, and from the fp32 scan output
         cases += [
-            ({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1}, [rows * c] * 2,
-             [c, c], f32),
+            ({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1, "gate": None,
+              "gate_stride": 0, "gate_offset": 0, "gate_act": "none"}, [rows * c] * 2, [c, c], f32),
             ({"op": "pointwise", "src": 0, "src_stride": wide, "src_offset": off, "dst": 1, "rows": rows, "c": c,
               "act": act(), "gate": None, "gate_stride": 0, "gate_offset": 0, "gate_act": "none"},
              [rows * wide + tail, rows * c], [], f32),
@@ -52,11 +52,11 @@ def op_cases(rng, rowwise: bool = False):
             ({"op": "dw_conv_act", "src": 0, "src_stride": wide, "dst": 1, "b": b, "h": h, "w": w, "c": c, "k": 3,
               "weight": 0, "bias": 1 if f32 else None, "act": act()}, [rows * wide, rows * c], [9 * c, c], f32),
         ]
-    # The gated out norm as the plan has it: LayerNorm of the fp32 scan output, then the gate (fused on a GPU).
-    cases.append(([{"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1},
-                   {"op": "pointwise", "src": 1, "src_stride": c, "src_offset": 0, "dst": 2, "rows": rows, "c": c,
-                    "act": "none", "gate": 3, "gate_stride": 2 * c, "gate_offset": c, "gate_act": act()}],
-                  [rows * c, rows * c, rows * c, rows * 2 * c], [c, c], (0,)))
+    # The gated out norm as the plan fuses it, from the fp32 scan output and from activations.
+    for f32 in [(0,), ()]:
+        cases.append(({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": 0, "bias": 1,
+                       "gate": 2, "gate_stride": 2 * c, "gate_offset": c, "gate_act": act()},
+                      [rows * c, rows * c, rows * 2 * c], [c, c], f32))
     for paths in (["raster", "transposed", "raster_rev", "transposed_rev"], ["raster", "rot90", "raster_rev", "rot270"],
                   ["raster", "raster", "raster_rev", "raster_rev"], ["raster", "raster_rev_unflipped"]):
         k4 = len(paths)
@@ -67,29 +67,33 @@ def op_cases(rng, rowwise: bool = False):
     for f32 in [(), (0, 1)]:
         cases.append(({"op": "transpose_hw", "src": 0, "dst": 1, "b": b, "h": h, "w": w, "c": c}, [rows * c] * 2, [],
                       f32))
-    cases.append(({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": None, "bias": None},
-                  [rows * c] * 2, [], ()))
+    cases.append(({"op": "layer_norm", "src": 0, "dst": 1, "rows": rows, "c": c, "weight": None, "bias": None,
+                   "gate": None, "gate_stride": 0, "gate_offset": 0, "gate_act": "none"}, [rows * c] * 2, [], ()))
     for bias in (True, False):
         for acc in (True, False):
             # The plan's fusion gives a linear op that does not accumulate the activation after it.
             cases.append(({"op": "linear", "src": 0, "dst": 1, "rows": rows, "inp": inp, "out": out, "weight": 0,
-                           "bias": 1 if bias else None, "accumulate": acc, "act": "none" if acc else act()},
+                           "bias": 1 if bias else None, "accumulate": acc, "act": "none" if acc else act(),
+                           "norm_dst": None, "norm_weight": None, "norm_bias": None},
                           [rows * inp, rows * out], [out * inp, out], ()))
+        # The residual step with the next norm fused in.
+        cases.append(({"op": "linear", "src": 0, "dst": 1, "rows": rows, "inp": inp, "out": out, "weight": 0,
+                       "bias": 1 if bias else None, "accumulate": True, "act": "none", "norm_dst": 2,
+                       "norm_weight": 2, "norm_bias": 3},
+                      [rows * inp, rows * out, rows * out], [out * inp, out, out, out], ()))
     return cases
 
 
-def random_inputs(rng, ops: list, lens: list, plens: list) -> tuple[list, list]:
-    """Buffers and parameters for ``ops``, values as a model's would be."""
+def random_inputs(rng, op: dict, lens: list, plens: list) -> tuple[list, list]:
+    """Buffers and parameters for ``op``, values as a model's would be."""
     bufs = [rng.standard_normal(n).astype(np.float32) for n in lens]
     params = [rng.standard_normal(n).astype(np.float32) for n in plens]
-    if ops[0]["op"] == "cross_scan":
+    if op["op"] == "cross_scan":
         params[2] = -np.exp(0.5 * params[2])  # A = -exp(A_logs): negative, as in a model
         bufs[1] *= 0.5
     return bufs, params
 
 
-def run_cpu(ops, bufs, params):
-    """The ops in turn on the Rust CPU engine."""
-    for op in ops:
-        bufs = _native.run_op(json.dumps(op), bufs, params)
-    return bufs
+def run_cpu(op: dict, bufs: list, params: list) -> list:
+    """The op on the Rust CPU engine: the buffers after it."""
+    return _native.run_op(json.dumps(op), bufs, params)

@@ -47,17 +47,16 @@ def test_every_op_matches_the_cpu_engine(seed, scan):
     Runtime, against the Rust CPU engine (as tests/test_cuda.py for CUDA)."""
     rng = np.random.default_rng(seed)
     kinds = set()
-    for ops, lens, plens, f32 in op_cases(rng, rowwise=True):
-        ops = ops if isinstance(ops, list) else [ops]
-        if scan != "chunked" and ops[0]["op"] != "cross_scan":
+    for op, lens, plens, f32 in op_cases(rng, rowwise=True):
+        if scan != "chunked" and op["op"] != "cross_scan":
             continue
-        bufs, params = random_inputs(rng, ops, lens, plens)
-        want = run_cpu(ops, bufs, params)
-        got = session(op_model(ops, lens, params, f32, scan=scan)).run(
+        bufs, params = random_inputs(rng, op, lens, plens)
+        want = run_cpu(op, bufs, params)
+        got = session(op_model([op], lens, params, f32, scan=scan)).run(
             None, {f"buf{i}": b for i, b in enumerate(bufs)})
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            assert rel_err(g, w) < 1e-5, (ops, i)
-        kinds |= {op["op"] for op in ops}
+            assert rel_err(g, w) < 1e-5, (op, i)
+        kinds.add(op["op"])
     assert kinds == (set(_native.OP_KINDS) if scan == "chunked" else {"cross_scan"}), kinds
 
 

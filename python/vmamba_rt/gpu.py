@@ -6,8 +6,9 @@ and buffers. This module uploads the parameters by id, allocates the plan's
 arenas once, and turns each op into launches: GEMMs go to cuBLAS
 (``cublasGemmEx``, fp32 accumulation, no TF32), everything else to the CUDA C++
 kernels of ``cuda/*.cu``, compiled at run time with NVRTC (``cupy.RawModule``,
-cached by CuPy). Neighbouring ops are fused where a kernel does both (a GEMM's
-bias and GELU; a residual add and the next LayerNorm). Activations are in the
+cached by CuPy). The plan comes fused (``plan/fuse.rs``): a GEMM's activation,
+a residual add with the next LayerNorm, a norm with its gate are one op each,
+which this engine lowers to the kernel that does both. Activations are in the
 chosen dtype (float32, float16 or bfloat16); LayerNorm statistics, the scan
 state and every accumulation are fp32. A shape's pass is captured into a CUDA
 graph on its second call and replayed after, so small batches are not bound by
@@ -117,9 +118,9 @@ class _Build:
     """What the launches of one plan share while they are made (``CudaEngine._steps``)."""
 
     def __init__(self, plan: dict, bufs: list):
-        self.bufs, self.meta = bufs, plan["buffers"]
-        self.roles = [b["role"] for b in self.meta]
-        self.f32 = [b.get("dtype") == "f32" for b in self.meta]  # fp32 work buffers (the scan's output)
+        self.bufs = bufs
+        self.roles = [b["role"] for b in plan["buffers"]]
+        self.f32 = [b.get("dtype") == "f32" for b in plan["buffers"]]  # fp32 work buffers (the scan's output)
         self.tmp = self.carry_a = self.carry_h = None  # scratch, sized by CudaEngine._steps
         self.steps: list = []
 
@@ -339,129 +340,124 @@ class CudaEngine:
         return entry
 
     def _steps(self, plan: dict, bufs: list) -> list:
-        """The launches for every op, each kind by its entry of ``OPS``; an entry
-        may fuse the op after it into its launches (it says how many it took).
-        Scratch the fusions and the scan need is allocated here."""
+        """The launches for every op, each kind by its entry of ``OPS`` (the plan
+        comes fused: no entry looks at another op). Scratch the launches and the
+        scan need is allocated here."""
         cp = self.cp
         ops, ctx = plan["ops"], _Build(plan, bufs)
-        # Scratch: a GEMM result before its residual add or fp32 output; the scan's carries.
-        staged = [op["rows"] * op["out"] for op in ops if op["op"] == "linear" and (op["accumulate"] or
-                  ctx.roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
+        # Scratch: a GEMM result before its residual add or fp32 output, a pooled row before
+        # its fp32 output, a gated norm of activations before its gate; the scan's carries.
+        staged = ([op["rows"] * op["out"] for op in ops if op["op"] == "linear" and (op["accumulate"] or
+                   ctx.roles[op["dst"]] == "output")] + [op["b"] * op["c"] for op in ops if op["op"] == "mean_pool"]
+                  + [op["rows"] * op["c"] for op in ops if op["op"] == "layer_norm" and op["gate"] is not None
+                     and not ctx.f32[op["src"]]])
         carries = [op["b"] * len(op["paths"]) * op["di"] * op["n"]
                    * self._chunks(op["b"], len(op["paths"]), op["di"], op["h"] * op["w"])
                    for op in ops if op["op"] == "cross_scan"]
         ctx.tmp = cp.empty(max(staged, default=1), self._store)
         ctx.carry_a = cp.empty(max(carries, default=1), cp.float32)
         ctx.carry_h = cp.empty(max(carries, default=1), cp.float32)
-        i = 0
-        while i < len(ops):
-            op = ops[i]
-            nxt = ops[i + 1] if i + 1 < len(ops) else {"op": None}
+        for op in ops:
             launch = self.OPS.get(op["op"])
             if launch is None:
                 raise _unsupported(f"op {op['op']!r}")
-            i += launch(self, ctx, op, nxt, i + 1)
+            launch(self, ctx, op)
         return ctx.steps
 
     def _src_type(self, ctx: "_Build", buf: int) -> str:
         return "float" if ctx.f32[buf] else self._t
 
-    # ---- one method per op kind: (context, op, the op after it, its index) -> ops taken ---------
-    def _linear(self, ctx, op, nxt, at) -> int:
+    # ---- one method per op kind: (context, op) -> its launches appended to ctx.steps ------------
+    def _linear(self, ctx, op) -> None:
         P, bufs, steps, i32, i64 = self._params, ctx.bufs, ctx.steps, np.int32, np.int64
         rows, out, dst = op["rows"], op["out"], bufs[op["dst"]]
         bias = P[op["bias"]] if op["bias"] is not None else None
         act = ACT_CODES[op["act"]]  # the activation the plan's fusion gave it
         if act and (op["accumulate"] or ctx.roles[op["dst"]] == "output"):
             raise _unsupported("an activation on a residual or output GEMM")
+        normed = op["norm_dst"] is not None  # the plan's fusion of the norm after a residual step
+        if normed and not op["accumulate"]:
+            raise _unsupported("a norm after a linear op that does not accumulate")
         if op["accumulate"]:
-            # dst += x W^T + b, fused with the next LayerNorm when it reads dst.
+            # dst += x W^T + b; with the fused norm, norm_dst = LN(dst) in the same kernel.
             steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], ctx.tmp))
-            norm = nxt if nxt["op"] == "layer_norm" and nxt["src"] == op["dst"] and nxt["weight"] is not None \
-                else None
             steps.append(self._rowwise(
-                "residual_layernorm", rows, dst, ctx.tmp, bias, bufs[norm["dst"]] if norm else None,
-                P[norm["weight"]] if norm else None, P[norm["bias"]] if norm else None, i64(rows), i32(out)))
-            return 2 if norm else 1
+                "residual_layernorm", rows, dst, ctx.tmp, bias, bufs[op["norm_dst"]] if normed else None,
+                P[op["norm_weight"]] if normed else None, P[op["norm_bias"]] if normed else None, i64(rows),
+                i32(out)))
+            return
         if ctx.roles[op["dst"]] == "output":
             steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], ctx.tmp))
             steps.append(self._elementwise("bias_to_f32", rows * out, ctx.tmp, bias, dst, i64(rows), i32(out)))
-            return 1
+            return
         steps.append(self._gemm(bufs[op["src"]], rows, op["inp"], out, P[op["weight"]], dst))
         if bias is not None or act:  # the bias and the activation in one pass
             steps.append(self._elementwise("bias_act", rows * out, dst, bias, i64(rows), i32(out), i32(act)))
-        return 1
 
-    def _act(self, ctx, op, nxt, at) -> int:
+    def _act(self, ctx, op) -> None:
         ctx.steps.append(self._elementwise("bias_act", op["len"], ctx.bufs[op["buf"]], None, np.int64(op["len"]),
                                            np.int32(1), np.int32(ACT_CODES[op["act"]])))
-        return 1
 
-    def _add_param(self, ctx, op, nxt, at) -> int:
+    def _add_param(self, ctx, op) -> None:
         ctx.steps.append(self._elementwise("bias_act", op["b"] * op["len"], ctx.bufs[op["buf"]],
                                            self._params[op["param"]], np.int64(op["b"]), np.int32(op["len"]),
                                            np.int32(0)))
-        return 1
 
-    def _layer_norm(self, ctx, op, nxt, at) -> int:
+    def _layer_norm(self, ctx, op) -> None:
         P, bufs, i32, i64 = self._params, ctx.bufs, np.int32, np.int64
         rows, c = op["rows"], op["c"]
         # No weights (the cascade scan's plain norms): null pointers, weight 1 and bias 0.
         w = P[op["weight"]] if op["weight"] is not None else None
         b = P[op["bias"]] if op["bias"] is not None else None
-        if not ctx.f32[op["src"]]:
-            ctx.steps.append(self._rowwise("layernorm", rows, bufs[op["src"]], i32(c), bufs[op["dst"]], w, b,
-                                           i64(rows), i32(c)))
-            return 1
-        # The fp32 scan output: LayerNorm, with the gate that follows fused in.
-        dst, gate, gate_stride, gate_act, taken = bufs[op["dst"]], None, 0, 0, 1
-        if (nxt["op"] == "pointwise" and nxt["src"] == op["dst"] and nxt["act"] == "none"
-                and nxt["gate"] is not None and (nxt["src_stride"], nxt["src_offset"]) == (c, 0)
-                and ctx.meta[op["dst"]]["last"] == at and not ctx.f32[nxt["gate"]]):
-            dst, gate_stride, gate_act, taken = bufs[nxt["dst"]], nxt["gate_stride"], ACT_CODES[nxt["gate_act"]], 2
-            gate = bufs[nxt["gate"]][nxt["gate_offset"]:]
-        ctx.steps.append(self._rowwise("layernorm_gate", rows, bufs[op["src"]], dst, gate, i32(gate_stride), w, b,
-                                       i64(rows), i32(c), i32(gate_act)))
-        return taken
+        gate = None if op["gate"] is None else bufs[op["gate"]][op["gate_offset"]:]
+        if ctx.f32[op["src"]]:  # the fp32 scan output: LayerNorm with the gate the plan fused into it
+            ctx.steps.append(self._rowwise("layernorm_gate", rows, bufs[op["src"]], bufs[op["dst"]], gate,
+                                           i32(op["gate_stride"]), w, b, i64(rows), i32(c),
+                                           i32(ACT_CODES[op["gate_act"]])))
+            return
+        normed = bufs[op["dst"]] if gate is None else ctx.tmp
+        ctx.steps.append(self._rowwise("layernorm", rows, bufs[op["src"]], i32(c), normed, w, b, i64(rows), i32(c)))
+        if gate is not None:  # a gated norm of activations: the gate as a second launch
+            self._pointwise(ctx, {"src_stride": c, "src_offset": 0, "dst": op["dst"], "rows": rows, "c": c,
+                                  "act": "none", "gate": op["gate"], "gate_stride": op["gate_stride"],
+                                  "gate_offset": op["gate_offset"], "gate_act": op["gate_act"]}, src=normed)
 
-    def _pointwise(self, ctx, op, nxt, at) -> int:
+    def _pointwise(self, ctx, op, src=None) -> None:
+        """``src``: read from this array (of activations) instead of the op's buffer."""
         bufs, i32, i64 = ctx.bufs, np.int32, np.int64
         if op["gate"] is not None and ctx.f32[op["gate"]]:
             raise _unsupported("a gate read from fp32 values")
-        name = f"pointwise<{self._t}, {self._src_type(ctx, op['src'])}>"
+        src_type = self._t if src is not None else self._src_type(ctx, op["src"])
         ctx.steps.append(self._per_element(
-            name, op["rows"] * op["c"], bufs[op["src"]], i64(op["src_stride"]), i64(op["src_offset"]),
+            f"pointwise<{self._t}, {src_type}>", op["rows"] * op["c"], bufs[op["src"]] if src is None else src,
+            i64(op["src_stride"]), i64(op["src_offset"]),
             bufs[op["dst"]], i64(op["rows"]), i32(op["c"]), i32(ACT_CODES[op["act"]]),
             bufs[op["gate"]] if op["gate"] is not None else None, i64(op["gate_stride"]), i64(op["gate_offset"]),
             i32(ACT_CODES[op["gate_act"]])))
-        return 1
 
     def _layout(kernel: str):
         """An op that moves (B, C, H, W) values to another layout."""
-        def launch(self, ctx, op, nxt, at) -> int:
+        def launch(self, ctx, op) -> None:
             i32 = np.int32
             ctx.steps.append(self._elementwise(kernel, op["b"] * op["c"] * op["h"] * op["w"], ctx.bufs[op["src"]],
                                                ctx.bufs[op["dst"]], i32(op["b"]), i32(op["c"]), i32(op["h"]),
                                                i32(op["w"])))
-            return 1
         return launch
 
-    def _im2col(self, ctx, op, nxt, at) -> int:
+    def _im2col(self, ctx, op) -> None:
         i32 = np.int32
         n = op["b"] * op["ho"] * op["wo"] * op["k"] * op["k"] * op["c"]
         ctx.steps.append(self._elementwise("im2col", n, ctx.bufs[op["src"]], ctx.bufs[op["dst"]], i32(op["b"]),
                                            i32(op["h"]), i32(op["w"]), i32(op["c"]), i32(op["k"]),
                                            i32(op["stride"]), i32(op["pad"]), i32(op["ho"]), i32(op["wo"])))
-        return 1
 
-    def _patch_merge(self, ctx, op, nxt, at) -> int:
+    def _patch_merge(self, ctx, op) -> None:
         i32 = np.int32
         n = op["b"] * ((op["h"] + 1) // 2) * ((op["w"] + 1) // 2) * 4 * op["c"]
         ctx.steps.append(self._elementwise("patch_merge", n, ctx.bufs[op["src"]], ctx.bufs[op["dst"]],
                                            i32(op["b"]), i32(op["h"]), i32(op["w"]), i32(op["c"])))
-        return 1
 
-    def _mean_pool(self, ctx, op, nxt, at) -> int:
+    def _mean_pool(self, ctx, op) -> None:
         i32, i64 = np.int32, np.int64
         b, c = op["b"], op["c"]
         to_output = ctx.roles[op["dst"]] == "output"  # the kernel writes the activation dtype
@@ -471,9 +467,8 @@ class CudaEngine:
         if to_output:
             ctx.steps.append(self._elementwise("bias_to_f32", b * c, pooled, None, ctx.bufs[op["dst"]], i64(b),
                                                i32(c)))
-        return 1
 
-    def _dw_conv_act(self, ctx, op, nxt, at) -> int:
+    def _dw_conv_act(self, ctx, op) -> None:
         P, i32 = self._params, np.int32
         n = op["b"] * op["h"] * op["w"] * op["c"]
         bias = P[op["bias"]] if op["bias"] is not None else None
@@ -481,27 +476,23 @@ class CudaEngine:
         ctx.steps.append(self._per_element(name, n, ctx.bufs[op["src"]], i32(op["src_stride"]), ctx.bufs[op["dst"]],
                                            P[op["weight"]], bias, i32(op["b"]), i32(op["h"]), i32(op["w"]),
                                            i32(op["c"]), i32(op["k"]), i32(ACT_CODES[op["act"]])))
-        return 1
 
-    def _spatial_softmax(self, ctx, op, nxt, at) -> int:
+    def _spatial_softmax(self, ctx, op) -> None:
         i32 = np.int32
         if not ctx.f32[op["src"]]:
             raise _unsupported("a softmax over activations that are not fp32")
         ctx.steps.append(self._elementwise("spatial_softmax", op["b"] * op["c"], ctx.bufs[op["src"]],
                                            ctx.bufs[op["dst"]], i32(op["b"]), i32(op["hw"]), i32(op["c"])))
-        return 1
 
-    def _cross_scan(self, ctx, op, nxt, at) -> int:
+    def _cross_scan(self, ctx, op) -> None:
         ctx.steps.extend(self._scan(op, ctx.bufs, ctx.carry_a, ctx.carry_h))
-        return 1
 
-    def _transpose_hw(self, ctx, op, nxt, at) -> int:
+    def _transpose_hw(self, ctx, op) -> None:
         i32 = np.int32
         n = op["b"] * op["h"] * op["w"] * op["c"]
         ctx.steps.append(self._per_element(f"transpose_hw<{self._src_type(ctx, op['src'])}>", n, ctx.bufs[op["src"]],
                                            ctx.bufs[op["dst"]], i32(op["b"]), i32(op["h"]), i32(op["w"]),
                                            i32(op["c"])))
-        return 1
 
     # Every op kind of the plan's schema (_native.OP_KINDS) and what launches it.
     OPS = {
@@ -608,20 +599,13 @@ def run_op(op: dict, buffers: list, params: list, f32: tuple = ()) -> list:
     by id, ``f32`` the ids of buffers a plan would keep in fp32 (the scan's
     output: some ops read those with other kernels); returns the buffers after
     the op."""
-    return run_ops([op], buffers, params, f32)
-
-
-def run_ops(ops: list, buffers: list, params: list, f32: tuple = ()) -> list:
-    """``run_op`` for a few ops in a row, fused where a plan's would be."""
     engine = CudaEngine.__new__(CudaEngine)
     engine._setup("float32", False, [(p, "f32") for p in params])
     cp = engine.cp
     bufs = [cp.asarray(np.ascontiguousarray(b, np.float32).reshape(-1)) for b in buffers]
-    last = {op[key]: i for i, op in enumerate(ops) for key in ("src", "dst", "buf", "gate", "u", "xdbl")
-            if op.get(key) is not None}
-    meta = [{"role": "work", "dtype": "f32" if i in f32 else "act", "last": last.get(i, 0)} for i in range(len(bufs))]
-    engine._compile(_scans(ops))
-    steps = engine._steps({"ops": ops, "buffers": meta}, bufs)
+    meta = [{"role": "work", "dtype": "f32" if i in f32 else "act"} for i in range(len(bufs))]
+    engine._compile(_scans([op]))
+    steps = engine._steps({"ops": [op], "buffers": meta}, bufs)
     with engine._stream:
         for step in steps:
             step()

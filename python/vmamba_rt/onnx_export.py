@@ -260,6 +260,9 @@ class _Exporter:
         if op["accumulate"]:
             y = self.binary("Add", self.read(op["dst"], (-1, out), t), y)
         self.write(op["dst"], y)
+        if op["norm_dst"] is not None:  # the residual step's fused norm
+            self.check_covers(op, op["norm_dst"], rows * out)
+            self.norm(op["dst"], op["norm_dst"], out, op["norm_weight"], op["norm_bias"])
 
     def _act(self, op):
         self.check_covers(op, op["buf"], op["len"])
@@ -271,20 +274,31 @@ class _Exporter:
         x = self.read(op["buf"], (-1, op["len"]), t)
         self.write(op["buf"], self.binary("Add", x, self.param(op["param"], t, (op["len"],))))
 
+    def norm(self, src: int, dst: int, c: int, weight, bias, gate: dict | None = None) -> None:
+        """dst = LayerNorm(src) over c channels (times the gate of a gated norm)."""
+        t = self.compute_type(src, dst, gate and gate["buf"])
+        g = self.g
+        x = self.read(src, (-1, c), t)
+        # Without weights (the cascade scan's plain norms): scale 1, shift 0.
+        w = (self.param(weight, t, (c,)) if weight is not None
+             else g.const("ones", np.ones(c, _np_type(t)), key=("ones", c, t)))
+        b = (self.param(bias, t, (c,)) if bias is not None
+             else g.const("zeros", np.zeros(c, _np_type(t)), key=("zeros", c, t)))
+        y = _Value(g.node("LayerNormalization", [x.name, w, b], axis=-1, epsilon=EPS), (-1, c), t)
+        if gate is not None:
+            z = self.columns(gate["buf"], gate["stride"], gate["offset"], c, t, "layer_norm op: gate")
+            y = self.binary("Mul", y, self.act(z, gate["act"]))
+        self.write(dst, y)
+
     def _layer_norm(self, op):
         rows, c = op["rows"], op["c"]
         self.check_covers(op, op["src"], rows * c)
         self.check_covers(op, op["dst"], rows * c)
-        t = self.compute_type(op["src"], op["dst"])
-        g = self.g
-        x = self.read(op["src"], (-1, c), t)
-        # Without weights (the cascade scan's plain norms): scale 1, shift 0.
-        w = (self.param(op["weight"], t, (c,)) if op["weight"] is not None
-             else g.const("ones", np.ones(c, _np_type(t)), key=("ones", c, t)))
-        b = (self.param(op["bias"], t, (c,)) if op["bias"] is not None
-             else g.const("zeros", np.zeros(c, _np_type(t)), key=("zeros", c, t)))
-        y = g.node("LayerNormalization", [x.name, w, b], axis=-1, epsilon=EPS)
-        self.write(op["dst"], _Value(y, (-1, c), t))
+        gate = None
+        if op["gate"] is not None:
+            self.check_covers(op, op["gate"], rows * op["gate_stride"])
+            gate = {"buf": op["gate"], "stride": op["gate_stride"], "offset": op["gate_offset"], "act": op["gate_act"]}
+        self.norm(op["src"], op["dst"], c, op["weight"], op["bias"], gate)
 
     def _pointwise(self, op):
         rows, c = op["rows"], op["c"]

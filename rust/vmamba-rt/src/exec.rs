@@ -160,8 +160,30 @@ pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
     Ok(())
 }
 
+/// dst (rows, c) = LayerNorm(src); without weight and bias (the cascade scan's
+/// plain norms) weight 1, bias 0.
+fn layer_norm(
+    ps: &Params,
+    src: &[f32],
+    rows: usize,
+    c: usize,
+    weight: Option<usize>,
+    bias: Option<usize>,
+    dst: &mut [f32],
+) {
+    let plain;
+    let (w, b) = match (weight, bias) {
+        (Some(w), Some(b)) => (ps.data(w), ps.data(b)),
+        _ => {
+            plain = (vec![1.0; c], vec![0.0; c]);
+            (&plain.0[..], &plain.1[..])
+        }
+    };
+    norm::layer_norm(src, c, dst, c, rows, w, b)
+}
+
 /// Run one op (a fused op as the fusion made it: a linear op's `act` in the
-/// GEMM's epilogue, applied to each tile).
+/// GEMM's epilogue, applied to each tile; its norm and a norm's gate after).
 fn step(op: &Op, ps: &Params, bufs: &Buffers) {
     let (get, put) = (|i| bufs.get(i), |i| bufs.get_mut(i));
     match *op {
@@ -203,6 +225,9 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers) {
             bias,
             accumulate,
             act,
+            norm_dst,
+            norm_weight,
+            norm_bias,
         } => {
             let w = ps.packed(weight);
             assert_eq!(w.shape(), (out, inp), "linear weight shape");
@@ -212,6 +237,10 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers) {
                 act,
             };
             w.apply(x, rows, ep, put(dst), accumulate);
+            if let Some(n) = norm_dst {
+                // `param_needs` holds a fused norm to its weights.
+                layer_norm(ps, get(dst), rows, out, norm_weight, norm_bias, put(n));
+            }
         }
         Op::Act { buf, len, act } => act::act_inplace(&mut put(buf)[..len], act),
         Op::AddParam { buf, b, len, param } => {
@@ -227,17 +256,22 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers) {
             c,
             weight,
             bias,
+            gate,
+            gate_stride,
+            gate_offset,
+            gate_act,
         } => {
-            // Without an affine part: weight 1, bias 0 (only the cascade scan does this).
-            let plain;
-            let (w, b) = match (weight, bias) {
-                (Some(w), Some(b)) => (ps.data(w), ps.data(b)),
-                _ => {
-                    plain = (vec![1.0; c], vec![0.0; c]);
-                    (&plain.0[..], &plain.1[..])
-                }
-            };
-            norm::layer_norm(get(src), c, put(dst), c, rows, w, b)
+            layer_norm(ps, get(src), rows, c, weight, bias, put(dst));
+            if let Some(z) = gate {
+                act::gate_rows(
+                    &mut put(dst)[..rows * c],
+                    c,
+                    get(z),
+                    gate_stride,
+                    gate_offset,
+                    gate_act,
+                );
+            }
         }
         Op::Pointwise {
             src,
@@ -252,22 +286,16 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers) {
             gate_offset,
             gate_act,
         } => {
-            let (x, y, z) = (get(src), put(dst), gate.map(get));
-            y[..rows * c]
-                .par_chunks_mut(c)
-                .enumerate()
-                .for_each(|(i, yr)| {
-                    let xr = &x[i * src_stride + src_offset..][..c];
-                    yr.iter_mut()
-                        .zip(xr)
-                        .for_each(|(o, v)| *o = act::apply(act, *v));
-                    if let Some(z) = z {
-                        let zr = &z[i * gate_stride + gate_offset..][..c];
-                        yr.iter_mut()
-                            .zip(zr)
-                            .for_each(|(o, g)| *o *= act::apply(gate_act, *g));
-                    }
-                });
+            let (x, y) = (get(src), &mut put(dst)[..rows * c]);
+            y.par_chunks_mut(c).enumerate().for_each(|(i, yr)| {
+                let xr = &x[i * src_stride + src_offset..][..c];
+                yr.iter_mut()
+                    .zip(xr)
+                    .for_each(|(o, v)| *o = act::apply(act, *v));
+            });
+            if let Some(z) = gate {
+                act::gate_rows(y, c, get(z), gate_stride, gate_offset, gate_act);
+            }
         }
         Op::DwConvAct {
             src,
@@ -378,8 +406,13 @@ mod tests {
                 for &(id, n) in &need {
                     bufs[id] = vec![0.5; n + 7];
                 }
-                // NaN where the op must not write, and where it must (unless it reads its output).
-                let (w, wrote) = *need.iter().find(|(id, _)| *id == op.written()).unwrap();
+                // NaN where the op must not write, and where it must (unless it
+                // reads its output: the first buffer an in-place op writes).
+                let wrote: Vec<(usize, usize)> = op
+                    .written()
+                    .iter()
+                    .map(|w| *need.iter().find(|(id, _)| id == w).unwrap())
+                    .collect();
                 let in_place = matches!(
                     op,
                     Op::Act { .. }
@@ -389,14 +422,18 @@ mod tests {
                             ..
                         }
                 );
-                let from = if in_place { wrote } else { 0 };
-                bufs[w][from..].fill(f32::NAN);
+                for (k, &(w, n)) in wrote.iter().enumerate() {
+                    let from = if in_place && k == 0 { n } else { 0 };
+                    bufs[w][from..].fill(f32::NAN);
+                }
                 run_op(op, model.params(), &mut bufs).unwrap();
-                assert!(bufs[w][..wrote].iter().all(|v| v.is_finite()), "{op:?}");
-                assert!(
-                    bufs[w][wrote..].iter().all(|v| v.is_nan()),
-                    "{op:?} wrote past its size"
-                );
+                for &(w, n) in &wrote {
+                    assert!(bufs[w][..n].iter().all(|v| v.is_finite()), "{op:?}");
+                    assert!(
+                        bufs[w][n..].iter().all(|v| v.is_nan()),
+                        "{op:?} wrote past its size"
+                    );
+                }
             }
         }
     }

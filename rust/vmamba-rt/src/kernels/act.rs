@@ -57,6 +57,17 @@ pub fn act_inplace(x: &mut [f32], act: Act) {
     }
 }
 
+/// y (rows, c) *= act(gate), the gate of row i read at `z[i * stride + offset..][..c]`:
+/// SS2D's gated output (a `Pointwise` op's gate, or a gated `LayerNorm`'s).
+pub fn gate_rows(y: &mut [f32], c: usize, z: &[f32], stride: usize, offset: usize, act: Act) {
+    y.par_chunks_mut(c).enumerate().for_each(|(i, yr)| {
+        let zr = &z[i * stride + offset..][..c];
+        yr.iter_mut()
+            .zip(zr)
+            .for_each(|(o, g)| *o *= apply(act, *g));
+    });
+}
+
 /// Reference activations in f64 (libm's erf for GELU).
 pub fn act_ref(act: Act, v: f32) -> f32 {
     let x = v as f64;

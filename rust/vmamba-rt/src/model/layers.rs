@@ -123,6 +123,9 @@ impl Linear {
             bias: self.b,
             accumulate,
             act: crate::variant::Act::None,
+            norm_dst: None,
+            norm_weight: None,
+            norm_bias: None,
         });
     }
 
@@ -164,6 +167,10 @@ impl Norm {
             c: self.c,
             weight: Some(self.w),
             bias: Some(self.b),
+            gate: None,
+            gate_stride: 0,
+            gate_offset: 0,
+            gate_act: crate::variant::Act::None,
         });
         dst
     }
@@ -178,6 +185,10 @@ impl Norm {
             c,
             weight: None,
             bias: None,
+            gate: None,
+            gate_stride: 0,
+            gate_offset: 0,
+            gate_act: crate::variant::Act::None,
         });
         dst
     }

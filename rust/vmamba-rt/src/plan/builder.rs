@@ -51,27 +51,27 @@ impl Builder {
     /// Append an op.
     pub fn push(&mut self, op: Op) {
         debug_assert!(!op.aliases(), "an op reads the buffer it writes: {op:?}");
-        if let Some(prev) = self.ops.last_mut() {
-            if super::fuse::fold(prev, &op, &self.buffers) {
-                return; // its buffers are the previous op's: their lifetimes stand
-            }
-        }
-        let bufs = op.buffers();
-        let at = self.ops.len();
-        for id in bufs {
-            let b = &mut self.buffers[id];
-            b.first = b.first.min(at);
-            b.last = at;
-        }
         self.ops.push(op);
     }
 
-    /// Place the work buffers (first fit by lifetime, per dtype) and finish.
+    /// Fuse the ops (`fuse`), place the work buffers (first fit by lifetime,
+    /// per dtype) and finish. A buffer that fusion left untouched takes no space.
     pub fn finish(mut self, outputs: Outputs) -> Plan {
+        self.ops = super::fuse::fuse(std::mem::take(&mut self.ops), &self.buffers);
+        for (at, op) in self.ops.iter().enumerate() {
+            for id in op.buffers() {
+                let b = &mut self.buffers[id];
+                b.first = b.first.min(at);
+                b.last = at;
+            }
+        }
         let mut arena = [0usize; 2];
         for (slot, dtype) in [DType::Act, DType::F32].into_iter().enumerate() {
             let mut ids: Vec<BufId> = (0..self.buffers.len())
-                .filter(|&i| self.buffers[i].role == Role::Work && self.buffers[i].dtype == dtype)
+                .filter(|&i| {
+                    let b = &self.buffers[i];
+                    b.role == Role::Work && b.dtype == dtype && b.first != usize::MAX
+                })
                 .collect();
             ids.sort_by_key(|&i| self.buffers[i].first);
             // (offset, len, last use) of the buffers placed so far.

@@ -101,10 +101,14 @@ impl Op {
                 rows,
                 inp,
                 out,
+                norm_dst,
                 ..
             } => {
                 nonzero(&[("inp", inp), ("out", out)])?;
-                vec![(src, prod(&[rows, inp])?), (dst, prod(&[rows, out])?)]
+                let n = prod(&[rows, out])?;
+                let mut v = vec![(src, prod(&[rows, inp])?), (dst, n)];
+                v.extend(norm_dst.map(|d| (d, n)));
+                v
             }
             Act { buf, len, .. } => vec![(buf, len)],
             AddParam { buf, b, len, .. } => {
@@ -112,11 +116,22 @@ impl Op {
                 vec![(buf, prod(&[b, len])?)]
             }
             LayerNorm {
-                src, dst, rows, c, ..
+                src,
+                dst,
+                rows,
+                c,
+                gate,
+                gate_stride,
+                gate_offset,
+                ..
             } => {
                 nonzero(&[("c", c)])?;
                 let n = prod(&[rows, c])?;
-                vec![(src, n), (dst, n)]
+                let mut v = vec![(src, n), (dst, n)];
+                if let Some(g) = gate {
+                    v.push((g, strided(rows, gate_stride, gate_offset, c)?));
+                }
+                v
             }
             Pointwise {
                 src,
@@ -228,10 +243,20 @@ impl Op {
                 inp,
                 weight,
                 bias,
+                norm_dst,
+                norm_weight,
+                norm_bias,
                 ..
             } => {
                 v.push((weight, ParamNeed::Linear { out, inp }));
                 v.extend(bias.map(|b| (b, ParamNeed::Values(out))));
+                if norm_dst.is_some() {
+                    // The fused norm has its weights (as the fusion makes it).
+                    for (name, p) in [("norm_weight", norm_weight), ("norm_bias", norm_bias)] {
+                        let p = p.ok_or_else(|| format!("{kind} op: norm_dst without {name}"))?;
+                        v.push((p, ParamNeed::Values(out)));
+                    }
+                }
             }
             AddParam { len, param, .. } => v.push((param, ParamNeed::Values(len))),
             LayerNorm {

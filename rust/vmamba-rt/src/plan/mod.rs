@@ -104,8 +104,10 @@ pub enum Op {
         wo: usize,
     },
     /// dst (rows, out) = act(src (rows, inp) W^T + bias), W (out, inp); with
-    /// `accumulate` the result is added to dst (a residual step). `act` comes
-    /// from the fusion of an `Act` op that followed (`fuse`); none by default.
+    /// `accumulate` the result is added to dst (a residual step). Then, with
+    /// `norm_dst`, norm_dst (rows, out) = LayerNorm(dst) with `norm_weight` and
+    /// `norm_bias` (the residual step and the next pre-norm). `act` and the norm
+    /// come from the fusion of the op that followed (`fuse`); none by default.
     Linear {
         src: BufId,
         dst: BufId,
@@ -117,6 +119,12 @@ pub enum Op {
         accumulate: bool,
         #[serde(default = "no_act")]
         act: Act,
+        #[serde(default)]
+        norm_dst: Option<BufId>,
+        #[serde(default)]
+        norm_weight: Option<ParamId>,
+        #[serde(default)]
+        norm_bias: Option<ParamId>,
     },
     /// buf[..len] = act(buf[..len]).
     Act { buf: BufId, len: usize, act: Act },
@@ -128,7 +136,8 @@ pub enum Op {
         param: ParamId,
     },
     /// dst (rows, C) = LayerNorm(src (rows, C)), eps 1e-5; without weight and bias
-    /// the plain normalisation.
+    /// the plain normalisation. With a `gate`, times gate_act(gate), read as by
+    /// `Pointwise` (the fusion of the gate that followed: SS2D's gated out norm).
     LayerNorm {
         src: BufId,
         dst: BufId,
@@ -136,6 +145,14 @@ pub enum Op {
         c: usize,
         weight: Option<ParamId>,
         bias: Option<ParamId>,
+        #[serde(default)]
+        gate: Option<BufId>,
+        #[serde(default)]
+        gate_stride: usize,
+        #[serde(default)]
+        gate_offset: usize,
+        #[serde(default = "no_act")]
+        gate_act: Act,
     },
     /// dst (rows, C) = act(src) * gate_act(gate), elementwise; act(src) without a
     /// gate. Row i, channel j of src is `src[i * src_stride + src_offset + j]`, of
@@ -239,10 +256,12 @@ impl Op {
     pub fn buffers(&self) -> Vec<BufId> {
         use Op::*;
         match *self {
+            Linear {
+                src, dst, norm_dst, ..
+            } => [src, dst].into_iter().chain(norm_dst).collect(),
+            LayerNorm { src, dst, gate, .. } => [src, dst].into_iter().chain(gate).collect(),
             ToChannelsLast { src, dst, .. }
             | Im2col { src, dst, .. }
-            | Linear { src, dst, .. }
-            | LayerNorm { src, dst, .. }
             | DwConvAct { src, dst, .. }
             | PatchMerge { src, dst, .. }
             | MeanPool { src, dst, .. }
@@ -276,14 +295,14 @@ impl Op {
         }
     }
 
-    /// The buffer the op writes.
-    pub fn written(&self) -> BufId {
+    /// The buffers the op writes.
+    pub fn written(&self) -> Vec<BufId> {
         use Op::*;
-        match *self {
+        let one = match *self {
+            Linear { dst, norm_dst, .. } => return [dst].into_iter().chain(norm_dst).collect(),
             Act { buf, .. } | AddParam { buf, .. } => buf,
             ToChannelsLast { dst, .. }
             | Im2col { dst, .. }
-            | Linear { dst, .. }
             | LayerNorm { dst, .. }
             | DwConvAct { dst, .. }
             | PatchMerge { dst, .. }
@@ -293,14 +312,17 @@ impl Op {
             | ToChannelsFirst { dst, .. }
             | Pointwise { dst, .. }
             | CrossScan { dst, .. } => dst,
-        }
+        };
+        vec![one]
     }
 
     /// True when the op writes a buffer it also names in another field: the
     /// engines give each field its own slice, so a plan never holds such an op.
     pub fn aliases(&self) -> bool {
-        let w = self.written();
-        self.buffers().iter().filter(|&&b| b == w).count() > 1
+        let all = self.buffers();
+        self.written()
+            .iter()
+            .any(|w| all.iter().filter(|&b| b == w).count() > 1)
     }
 }
 
@@ -371,11 +393,28 @@ pub const OP_KINDS: [(&str, &[&str]); 14] = [
             "bias",
             "accumulate",
             "act",
+            "norm_dst",
+            "norm_weight",
+            "norm_bias",
         ],
     ),
     ("act", &["buf", "len", "act"]),
     ("add_param", &["buf", "b", "len", "param"]),
-    ("layer_norm", &["src", "dst", "rows", "c", "weight", "bias"]),
+    (
+        "layer_norm",
+        &[
+            "src",
+            "dst",
+            "rows",
+            "c",
+            "weight",
+            "bias",
+            "gate",
+            "gate_stride",
+            "gate_offset",
+            "gate_act",
+        ],
+    ),
     (
         "pointwise",
         &[
@@ -518,6 +557,9 @@ mod tests {
             bias: None,
             accumulate: false,
             act: Act::None,
+            norm_dst: None,
+            norm_weight: None,
+            norm_bias: None,
         };
         assert_eq!(linear(5, 2).needs().unwrap(), vec![(0, 10), (1, 15)]);
         let wraps = linear((1 << 63) + 1, 2).needs().unwrap_err();
