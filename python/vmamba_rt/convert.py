@@ -189,110 +189,14 @@ def config_from_yacs(cfg: dict, src: str) -> dict | None:
 
 
 def infer_config(sd: dict, src: str) -> dict:
-    """Work the architecture out from key names and shapes alone."""
-
-    def fail(why: str):
+    """Work the architecture out from key names and shapes alone (the Rust
+    model's own names: ``_native.infer_config``)."""
+    tensors = [(k, list(_shape(sd, k))) for k in sd]
+    try:
+        return json.loads(_native.infer_config(tensors))
+    except VMambaError as e:
         sample = [k[:60] for k in (sorted(sd) if len(sd) < 10_000 else list(sd))[:6]]
-        raise ConversionError(f"{src}: cannot determine the architecture: {why} (keys start with {sample})")
-
-    # One pass over the keys: stage -> block indices.
-    blocks_of: dict[int, set[int]] = {}
-    for k in sd:
-        m = re.match(r"layers\.(\d{1,6})\.(?:blocks\.(\d{1,6})\.)?", k)
-        if m:
-            blocks = blocks_of.setdefault(int(m.group(1)), set())
-            if m.group(2) is not None:
-                blocks.add(int(m.group(2)))
-            if len(blocks_of) > MAX_STAGES:
-                fail(f"more than {MAX_STAGES} stages")
-            if len(blocks) > MAX_BLOCKS:
-                fail(f"more than {MAX_BLOCKS} blocks in stage {m.group(1)}")
-    stem0 = _shape(sd, "patch_embed.0.weight")
-    if stem0 is None or len(stem0) != 4:
-        fail("no 4-D 'patch_embed.0.weight'")
-    if "patch_embed.5.weight" in sd:
-        stem, dims = "v2", _shape(sd, "patch_embed.5.weight")[0]
-    elif stem0[2] == 4:
-        stem, dims = "v1", stem0[0]
-    else:
-        fail(f"'patch_embed.0.weight' has shape {stem0}, which fits neither stem")
-    in_chans = stem0[1]
-    if not (1 <= dims <= MAX_DIMS and 1 <= in_chans <= LIMITS["in_chans"]):
-        fail(f"stem of {dims} channels from {in_chans} inputs is out of range")
-
-    stages = sorted(blocks_of)
-    if not stages or stages != list(range(len(stages))):
-        fail(f"stage indices {stages} are not 0..n-1")
-    depths = []
-    for i in stages:
-        blocks = blocks_of[i]
-        if blocks != set(range(len(blocks))):
-            fail(f"block indices of stage {i} are not contiguous: {sorted(blocks)[:20]}")
-        depths.append(len(blocks))
-
-    down = "v1"
-    if "layers.0.downsample.reduction.weight" in sd:
-        down = "v1"
-    elif (s := _shape(sd, "layers.0.downsample.1.weight")) is not None:
-        down = {2: "v2", 3: "v3"}.get(s[-1]) or fail(f"downsample conv of kernel {s[-1]}")
-    elif len(stages) > 1:
-        fail("no downsample weights after stage 0")
-
-    cfg: dict[str, Any] = {
-        "dims": dims, "depths": depths, "patchembed_version": stem, "downsample_version": down,
-        "in_chans": in_chans, "patch_size": 4, "ssm_d_state": 16, "ssm_ratio": 0.0, "ssm_dt_rank": "auto",
-        "ssm_conv": 3, "ssm_conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 0.0,
-    }
-
-    ranks = {}
-    for i, depth in enumerate(depths):
-        c = dims * 2**i
-        for j in range(depth):
-            p = f"layers.{i}.blocks.{j}"
-            a = _shape(sd, f"{p}.op.A_logs")
-            if a is not None:
-                di, n = a[0] // 4, a[1]
-                cfg["ssm_d_state"], cfg["ssm_ratio"] = n, di / c
-                inp = _shape(sd, f"{p}.op.in_proj.weight") or fail(f"no '{p}.op.in_proj.weight'")
-                conv = _shape(sd, f"{p}.op.conv2d.weight")
-                cfg["ssm_conv"] = conv[-1] if conv else -1
-                cfg["ssm_conv_bias"] = f"{p}.op.conv2d.bias" in sd
-                gated = inp[0] == 2 * di
-                # The out norm by its keys; with none, the parameter-free ones (identity,
-                # softmax, sigmoid) cannot be told apart: identity is the guess.
-                norm = next((post for key, post in (("out_norm.weight", ""), ("out_norm.1.weight", "_ondwconv3"),
-                                                   ("out_norm.0.weight", "_oncnorm")) if f"{p}.op.{key}" in sd),
-                            "_onnone")
-                vanilla = gated and norm == "" and cfg["ssm_conv"] == 3 and cfg["ssm_conv_bias"]
-                cfg["forward_type"] = "v0" if vanilla else f"v05{norm}{'' if gated else '_noz'}"
-                dtw = _shape(sd, f"{p}.op.dt_projs_weight") or fail(f"no '{p}.op.dt_projs_weight'")
-                ranks[c] = dtw[2]
-            fc1, fc2 = _shape(sd, f"{p}.mlp.fc1.weight"), _shape(sd, f"{p}.mlp.fc2.weight")
-            if fc1 is not None:
-                cfg["gmlp"] = fc2 is not None and len(fc2) == 2 and fc1[0] == 2 * fc2[1]
-                cfg["mlp_ratio"] = (fc1[0] // 2 if cfg["gmlp"] else fc1[0]) / c
-    if ranks:
-        if all(r == math.ceil(c / 16) for c, r in ranks.items()):
-            cfg["ssm_dt_rank"] = "auto"
-        elif len(set(ranks.values())) == 1:
-            cfg["ssm_dt_rank"] = next(iter(ranks.values()))
-        else:
-            fail(f"dt ranks {ranks} fit neither 'auto' nor one fixed rank")
-
-    cfg["patch_norm"] = "patch_embed.2.weight" in sd
-    if (pos := _shape(sd, "pos_embed")) is not None:
-        if len(pos) != 4 or pos[2] != pos[3]:
-            fail(f"'pos_embed' has shape {pos}; expected (1, C, S, S)")
-        cfg["posembed"], cfg["imgsize"] = True, pos[3] * 4
-    outs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"outnorm(\d{1,3})\.weight$", k)))
-    head = _shape(sd, "classifier.head.weight")
-    if head is not None:
-        cfg["num_classes"], cfg["out_indices"] = head[0], None
-    elif outs:
-        cfg["num_classes"], cfg["out_indices"] = 0, outs
-    else:
-        fail("neither a classifier head ('classifier.head.weight') nor backbone norms ('outnorm{i}')")
-    return cfg
+        raise ConversionError(f"{src}: cannot determine the architecture: {e} (keys start with {sample})") from None
 
 
 def _to_f32(t: LazyTensor, name: str) -> np.ndarray:

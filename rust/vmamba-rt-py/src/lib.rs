@@ -307,6 +307,18 @@ fn parameter_shapes(py: Python<'_>, config_json: &str) -> PyResult<Vec<(String, 
     })
 }
 
+/// The architecture (config JSON, before validation) of weights with these
+/// (name, shape) pairs, from the names and shapes alone; `VMambaError` says why
+/// it cannot be told.
+#[pyfunction]
+fn infer_config(tensors: Vec<(String, Vec<usize>)>) -> PyResult<String> {
+    guarded(|| {
+        vmamba_rt::model::infer_config(&tensors)
+            .map(|cfg| cfg.to_string())
+            .map_err(VMambaError::new_err)
+    })
+}
+
 /// Refuse metadata entries over their size bounds, as a load does (the fixed
 /// entries; the labels against `num_classes` when it is given), by name and
 /// size: the Python readers check what they parse with the core's one rule.
@@ -356,6 +368,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_weights, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(parameter_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(infer_config, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_pickle, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_config, m)?)?;

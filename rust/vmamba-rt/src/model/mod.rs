@@ -4,6 +4,7 @@
 
 mod block;
 mod downsample;
+mod infer;
 mod layers;
 mod runtime;
 mod ss2d;
@@ -26,6 +27,7 @@ use crate::weights::Param;
 use crate::weights::{Weights, META_CONFIG};
 
 pub use crate::format::META_LABELS;
+pub use infer::infer_config;
 
 /// Return the memory loading freed to the system. Each tensor is read into a
 /// buffer of its own, packed, and (as bf16) copied and freed; glibc's allocator
