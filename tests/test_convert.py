@@ -109,6 +109,12 @@ def test_architecture_that_cannot_be_determined(tmp_path):
     write_pth(src, {"encoder.weight": np.zeros((4, 4), np.float32)})
     with pytest.raises(ConversionError, match="cannot determine the architecture.*patch_embed"):
         vmamba_rt.convert(src, tmp_path / "o.safetensors")
+    # A tensor the inference reads with too few dimensions is named (it was an IndexError).
+    write_pth(src, {"patch_embed.0.weight": np.zeros((8, 3, 4, 4), np.float32),
+                    "layers.0.blocks.0.op.A_logs": np.zeros(8, np.float32),
+                    "classifier.head.weight": np.zeros((10, 8), np.float32)})
+    with pytest.raises(ConversionError, match="'layers.0.blocks.0.op.A_logs' has shape \\[8\\], too few dimensions"):
+        vmamba_rt.convert(src, tmp_path / "o.safetensors")
 
 
 def test_inconsistent_weights_name_the_tensor_and_write_nothing(tmp_path, ref):
