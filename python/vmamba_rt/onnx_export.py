@@ -30,7 +30,7 @@ from . import _native
 from .errors import VMambaError
 
 DEFAULT_OPSET = 17  # LayerNormalization; what TensorRT 8.6+ and OpenVINO read
-SCAN_FORMS = ("prefix", "loop", "chunked")
+SCAN_FORMS = ("chunked", "prefix", "loop")  # the default first
 DTYPES = ("float32", "float16")
 OUTPUTS = ("logits", "embeddings", "features")
 MAX_BATCH = 1 << 16  # a fixed batch; the plan's memory check bounds it further
@@ -375,7 +375,7 @@ class _Exporter:
         self.write(op["dst"], _Value(y, (-1, c), x.dtype))
 
     def _cross_scan(self, op):
-        from .onnx_scan import cross_scan
+        from .onnx_scan import cross_scan  # here: onnx_scan builds on this module's values
 
         self.write(op["dst"], cross_scan(self, op))
 

@@ -24,13 +24,12 @@ import math
 import numpy as np
 
 from . import _native
+from .onnx_export import ExportError, _Value
 
 
 def _order(paths: list, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """(K, L) tables: the pixel step l of direction k reads, and for each pixel
     the step of direction k whose output lands on it; as indices into K blocks of L."""
-    from .onnx_export import ExportError
-
     n = h * w
     reads, lands = [], []
     for k, path in enumerate(paths):
@@ -46,8 +45,6 @@ def _prefix(ex, a, b, axis: int, length: int):
     """h with h_l = a_l h_{l-1} + b_l (h_{-1} = 0) along ``axis``: Hillis-Steele,
     step s combining each pair with the one s before it. No division, so exact
     in fp32 up to the order of rounding."""
-    from .onnx_export import _Value
-
     g = ex.g
     s = 1
     while s < length:
@@ -93,8 +90,6 @@ _STEP = [("Mul", ["a_l", "h_in"], ["ah"]), ("Add", ["ah", "b_l"], ["h_out"]), ("
 
 def _loop(ex, a, b, axis: int, length: int):
     """The recurrence as an ONNX ``Scan`` over ``axis``, one step at a time."""
-    from .onnx_export import _Value
-
     rank = len(a.shape) - 1
     _, hs = _steps(ex, _STEP, {"h": _filled(ex, a.name, axis, 0.0)}, {"a": a.name, "b": b.name}, ["h_l"], axis, rank)
     return _Value(hs, b.shape, b.dtype)
@@ -107,8 +102,6 @@ def _chunked(ex, a, b, axis: int, length: int):
     one starts from (c = P_end c + H_end); then h = H + P c. Two loops of about
     sqrt(L) steps each instead of one of L, and still no division. The sequence
     is padded to C*T with steps that keep the state (a = 1, b = 0)."""
-    from .onnx_export import _Value
-
     g = ex.g
     t = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
     c = -(-length // t)
@@ -146,13 +139,11 @@ def _softplus(g, x: str) -> str:
     return g.node("Add", [g.node("Relu", [x]), tail])
 
 
-FORMS = {"prefix": _prefix, "loop": _loop, "chunked": _chunked}
+FORMS = {"chunked": _chunked, "prefix": _prefix, "loop": _loop}
 
 
 def cross_scan(ex, op: dict):
     """The op's output: (-1, L, Di) fp32."""
-    from .onnx_export import _Value
-
     g = ex.g
     b, h, w, di, n, r, paths = (op[f] for f in ("b", "h", "w", "di", "n", "r", "paths"))
     length, k, xs = h * w, len(paths), r + 2 * n
