@@ -252,6 +252,15 @@ def test_bad_arguments_are_typed_errors_naming_them(tmp_path, monkeypatch):
     assert not out.exists() and not _leftovers(tmp_path)
 
 
+def test_a_graph_over_the_one_file_limit_is_refused(tmp_path, monkeypatch):
+    import vmamba_rt.onnx_export as export
+
+    monkeypatch.setattr(export, "MAX_FILE", 1 << 20)  # the digits export is 7 MB
+    with pytest.raises(ExportError, match="over ONNX's 2 GiB for one file"):
+        export_onnx(None, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_an_op_the_exporter_lacks_is_refused_by_name_and_nothing_is_written(tmp_path, monkeypatch):
     model = vmamba_rt.load()
     out = tmp_path / "m.onnx"

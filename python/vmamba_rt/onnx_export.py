@@ -33,6 +33,7 @@ DEFAULT_OPSET = 17  # LayerNormalization; what TensorRT 8.6+ and OpenVINO read
 SCAN_FORMS = ("chunked", "prefix", "loop")  # the default first
 DTYPES = ("float32", "float16")
 OUTPUTS = ("logits", "embeddings", "features")
+MAX_FILE = (2 << 30) - (64 << 20)  # protobuf's 2 GB for one file, less room for the graph itself
 MAX_BATCH = 1 << 16  # a fixed batch; the plan's memory check bounds it further
 EPS = 1e-5  # the plan's LayerNorm epsilon (docs/model.md)
 
@@ -84,6 +85,7 @@ class _Graph:
         self.inits: list = []
         self._names: set = set()
         self._consts: dict = {}
+        self.bytes = 0  # of the initializers
 
     def fresh(self, hint: str) -> str:
         name, i = hint, 1
@@ -97,7 +99,9 @@ class _Graph:
         if key is not None and key in self._consts:
             return self._consts[key]
         name = self.fresh(hint)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.array(value, order="C"), name))
+        arr = np.array(value, order="C")
+        self.bytes += arr.nbytes
+        self.inits.append(self.onnx.numpy_helper.from_array(arr, name))
         if key is not None:
             self._consts[key] = name
         return name
@@ -502,6 +506,9 @@ def export_onnx(model_or_path=None, out_path="model.onnx", *, input_size=None, b
     ex.g._names.update(["input", *names])  # no node or weight takes the graph's own names
     ex.values[0] = _Value("input", (-1, chans, h, w), "float32")
     ex.run()
+    if ex.g.bytes > MAX_FILE:
+        raise ExportError(f"input_size {h}x{w}: the graph would hold {ex.g.bytes / 2**30:.1f} GiB of weights and "
+                          "index tables, over ONNX's 2 GiB for one file; export a smaller input_size")
     helper, tp = onnx.helper, onnx.TensorProto
     batch_dim = fixed or "batch"
     out_ids = [i for i, b in enumerate(plan["buffers"]) if b["role"] == "output"]

@@ -38,7 +38,7 @@ def _order(paths: list, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
             raise ExportError(f"cross_scan op: path {path!r} does not put one output on each pixel")
         reads.append(k * n + read)
         lands.append(k * n + np.argsort(land))
-    return np.stack(reads).astype(np.int64), np.stack(lands).astype(np.int64)
+    return np.stack(reads).astype(np.int32), np.stack(lands).astype(np.int32)  # K*L < 2^31: the core's bounds
 
 
 def _prefix(ex, a, b, axis: int, length: int):
@@ -152,12 +152,13 @@ def cross_scan(ex, op: dict):
     ex.check_covers(op, op["dst"], b * length * di)
     f32 = "float32"
     reads, lands = _order(paths, h, w)
+    order = (tuple(paths), h, w)  # the blocks of a stage share their tables
     # Each direction's sequence: u (B, K, L, Di) and its projections (B, K, L, R+2N).
     u = ex.read(op["u"], (-1, length, di), f32)
-    u_k = _Value(g.node("Gather", [u.name, g.const("scan_reads", reads % length)], axis=1), (-1, k, length, di), f32)
+    u_k = _Value(g.node("Gather", [u.name, g.const("scan_reads", reads % length, key=("reads", order))], axis=1), (-1, k, length, di), f32)
     proj = ex.transpose(ex.read(op["xdbl"], (-1, length, k, xs), f32), [0, 2, 1, 3])
     proj = ex.reshape(proj, (-1, k * length, xs))
-    proj = _Value(g.node("Gather", [proj.name, g.const("scan_reads_k", reads)], axis=1), (-1, k, length, xs), f32)
+    proj = _Value(g.node("Gather", [proj.name, g.const("scan_reads_k", reads, key=("reads_k", order))], axis=1), (-1, k, length, xs), f32)
     dt, bs, cs = (_Value(ex.slice(proj, 3, lo, hi), (-1, k, length, hi - lo), f32)
                   for lo, hi in ((0, r), (r, r + n), (r + n, xs)))
     dt_w = ex.param(op["dt_weight"], f32, relayout=lambda a: a.reshape(k, di, r).transpose(0, 2, 1))  # (K, R, Di)
@@ -183,5 +184,5 @@ def cross_scan(ex, op: dict):
     y = g.node("Add", [y, g.node("Mul", [u_k.name, ex.param(op["d"], f32, (k, 1, di))])])  # (B, K, L, Di)
     # Back to the pixels, the directions summed.
     y = g.node("Reshape", [y, g.ints([-1, k * length, di])])
-    y = g.node("Gather", [y, g.const("scan_lands", lands)], axis=1)
+    y = g.node("Gather", [y, g.const("scan_lands", lands, key=("lands", order))], axis=1)
     return _Value(g.node("ReduceSum", [y, g.ints([1])], keepdims=0), (-1, length, di), f32)
