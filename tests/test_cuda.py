@@ -231,3 +231,16 @@ def test_digits_model_on_gpu():
     want = np.load(GOLDEN / "digits_test_logits.npy")
     got = model(model.preprocess.batch(list(z["images"])))
     assert rel_err(got, want) < 1e-4 and np.array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_a_model_loaded_for_another_engine_plans_but_does_not_run_on_the_cpu(converted):
+    """weights="dense" (what the CUDA engine loads): the linear weights stay as
+    the file has them, for the engine to upload; the plans and every parameter
+    are the CPU model's; a CPU run is a typed error."""
+    path = str(converted("v2_s1_small"))
+    cpu, dense = _native.Model(path), _native.Model(path, None, False, "dense")
+    assert dense.plan_json((1, 3, 32, 32), "logits") == cpu.plan_json((1, 3, 32, 32), "logits")
+    for i in range(len(cpu.param_table())):
+        assert np.array_equal(dense.param(i), cpu.param(i))
+    with pytest.raises(vmamba_rt.VMambaError, match="loaded for another engine"):
+        dense.forward(np.zeros((1, 3, 32, 32), np.float32))

@@ -47,11 +47,12 @@ class BFloat16Warning(UserWarning):
 
 
 def _cpu_weights(device: str, dtype: str) -> str:
-    """How the native model stores its linear weights: bf16 only for the CPU's
-    bf16 mode (the CUDA engine converts f32 weights itself), said once."""
+    """How the native model keeps its linear weights: in the CPU engine's layout
+    (f32, or bf16 for the CPU's bf16 mode, said once), or dense for the CUDA
+    engine, which uploads them in its own types and lets the host copy go."""
     check_device(device, dtype)
     if device != "cpu":
-        return "float32"
+        return "dense"
     if dtype == "bfloat16":
         info = cpu_info()
         has = info["bf16_instructions"]

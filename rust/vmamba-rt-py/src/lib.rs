@@ -64,6 +64,22 @@ pub(crate) fn weight_type(dtype: &str) -> PyResult<vmamba_rt::kernels::gemm::Wei
     })
 }
 
+/// How a model keeps its linear weights: `weights` "float32" or "bfloat16"
+/// (the CPU engine's layouts), or "dense" (for another engine: the CUDA engine
+/// reads and uploads them; such a model plans but does not run on the CPU).
+fn load_options(weights: &str, mmap: bool) -> PyResult<vmamba_rt::model::LoadOptions> {
+    let dense = weights == "dense";
+    Ok(vmamba_rt::model::LoadOptions {
+        mmap,
+        weight_type: if dense {
+            Default::default()
+        } else {
+            weight_type(weights)?
+        },
+        dense,
+    })
+}
+
 fn shape4(x: &PyReadonlyArray4<f32>) -> PyResult<[usize; 4]> {
     if !x.is_c_contiguous() {
         return Err(VMambaError::new_err(
@@ -100,10 +116,7 @@ impl Model {
         mmap: bool,
         weights: &str,
     ) -> PyResult<Self> {
-        let options = vmamba_rt::model::LoadOptions {
-            mmap,
-            weight_type: weight_type(weights)?,
-        };
+        let options = load_options(weights, mmap)?;
         detached(py, || {
             let mut inner = VMamba::load_with(&path, options)?;
             if let Some(n) = num_threads {
@@ -123,14 +136,13 @@ impl Model {
         num_threads: Option<usize>,
         weights: &str,
     ) -> PyResult<Self> {
-        let weights = weight_type(weights)?;
+        let options = load_options(weights, false)?;
         detached(py, || {
             let cfg = vmamba_rt::Config::from_json(config_json)?;
-            let mut inner = VMamba::random(cfg, seed)?;
+            let mut inner = VMamba::random_with(cfg, seed, options)?;
             if let Some(n) = num_threads {
                 inner.set_num_threads(n)?;
             }
-            inner.set_weight_type(weights);
             Ok(Model { inner })
         })
     }

@@ -185,7 +185,9 @@ fn run_op<'py>(
         } => Some((weight, out, inp)),
         _ => None,
     };
-    let mut ps = vmamba_rt::plan::Params::default();
+    let mut ps = vmamba_rt::plan::Params::with_linear(vmamba_rt::exec::CpuEngine::prepare(
+        vmamba_rt::kernels::gemm::WeightType::F32,
+    ));
     for (i, p) in params.iter().enumerate() {
         let data = p.as_array().to_vec();
         let n = data.len();

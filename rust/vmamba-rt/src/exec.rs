@@ -1,18 +1,123 @@
 //! The CPU engine: executes a [`Plan`] op by op with the kernels of `kernels/`.
-//! Work buffers live in one arena per run, taken from a pool of workspaces so
-//! that repeated calls do not allocate.
+//! It keeps the linear weights packed for its GEMM ([`CpuEngine::prepare`],
+//! f32 or bf16), its work buffers in one arena per run, taken from a pool of
+//! workspaces so that repeated calls do not allocate, and its threads.
 //!
 //! **Not part of the stable API**: [`run_op`] is public for the op-level tests
 //! that hold other backends to this one. Applications use [`crate::VMamba`].
 
-use std::sync::Mutex;
+use std::any::Any;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::gemm::Epilogue;
+use crate::kernels::gemm::{Epilogue, PackedWeight, WeightType};
 use crate::kernels::{act, conv, layout, norm, pool, scan};
-use crate::plan::{BufId, DType, Op, Params, Plan, Role};
+use crate::plan::{BufId, DType, LinearWeight, Op, Params, Plan, PrepareLinear, Role};
+
+/// The CPU engine beside the plan and the parameters: its threads and the
+/// arenas its runs reuse. Linear weights are kept in its layout by the
+/// [`Params`] it made ([`CpuEngine::prepare`]).
+#[derive(Debug, Default)]
+pub struct CpuEngine {
+    workspaces: Workspaces,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl LinearWeight for PackedWeight {
+    fn shape(&self) -> (usize, usize) {
+        PackedWeight::shape(self)
+    }
+    fn dense(&self) -> Vec<f32> {
+        self.unpack()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+impl CpuEngine {
+    /// Most worker threads an engine may be given.
+    pub const MAX_THREADS: usize = 1024;
+
+    /// How this engine keeps a linear weight: packed for its GEMM, stored as
+    /// `weight_type`, one weight at a time as the model loads.
+    pub fn prepare(weight_type: WeightType) -> PrepareLinear {
+        Box::new(move |w, n, k| Box::new(PackedWeight::from_vec(w, n, k).to_type(weight_type)))
+    }
+
+    /// Store the linear weights of `params` (made by [`CpuEngine::prepare`]) as
+    /// `to`: re-rounds them to bf16, or widens them back to f32 (which does not
+    /// restore what bf16 dropped).
+    pub fn set_weight_type(params: &mut Params, to: WeightType) {
+        params.map_linear(|w| match w.into_any().downcast::<PackedWeight>() {
+            Ok(p) => Box::new(p.to_type(to)),
+            Err(_) => panic!("a linear weight not in the CPU engine's layout"),
+        });
+    }
+
+    /// True when `params` holds its values and every linear weight is in this
+    /// engine's layout (not kept dense for another engine, not released).
+    pub fn runs(params: &Params) -> bool {
+        !params.released()
+            && params
+                .linear_weights()
+                .all(|w| w.as_any().is::<PackedWeight>())
+    }
+
+    /// Run on `n` worker threads (0: rayon's global pool, all cores; at most 1024).
+    pub fn set_num_threads(&mut self, n: usize) -> Result<()> {
+        if n > Self::MAX_THREADS {
+            return Err(Error::Usage(format!(
+                "num_threads must be 0 (all cores) to {}, got {n}",
+                Self::MAX_THREADS
+            )));
+        }
+        self.pool = if n == 0 {
+            None
+        } else {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("vmamba-rt-{i}"))
+                .build()
+                .map_err(|e| Error::Usage(format!("cannot start {n} threads: {e}")))?;
+            Some(Arc::new(pool))
+        };
+        Ok(())
+    }
+
+    /// The threads a run uses.
+    pub fn num_threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    /// Run `f` on this engine's threads.
+    pub fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// Run `plan` on `input` (its NCHW batch) with `params`; returns the outputs
+    /// in plan order. With `times`, each op is timed into it.
+    pub fn run(
+        &self,
+        plan: &Plan,
+        params: &Params,
+        input: &[f32],
+        times: Option<&mut OpTimes>,
+    ) -> Vec<Vec<f32>> {
+        run(plan, params, input, &self.workspaces, times)
+    }
+}
 
 /// Workspaces larger than this (elements) are freed after the call, not kept.
 const KEEP_WORKSPACE: usize = 64 << 20;
@@ -78,7 +183,7 @@ pub type OpTimes = std::collections::BTreeMap<&'static str, f64>;
 
 /// Run `plan` on `input` (its NCHW batch); returns the outputs in plan order.
 /// With `times`, each op is timed into it.
-pub(crate) fn run(
+fn run(
     plan: &Plan,
     ps: &Params,
     input: &[f32],
@@ -130,6 +235,12 @@ pub(crate) fn run(
 /// missing or not what the op reads, each by a typed error; the op sees each
 /// buffer cut to what it needs, as in a plan.
 pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
+    if !CpuEngine::runs(ps) {
+        return Err(Error::Usage(
+            "parameters not in the CPU engine's layout (make them with Params::with_linear(CpuEngine::prepare(..)))"
+                .into(),
+        ));
+    }
     if let Some(bad) = op.buffers().into_iter().find(|&id| id >= buffers.len()) {
         return Err(Error::Usage(format!("op names buffer {bad}, out of range")));
     }
@@ -158,6 +269,14 @@ pub fn run_op(op: &Op, ps: &Params, buffers: &mut [Vec<f32>]) -> Result<()> {
         .collect();
     step(op, ps, &Buffers { at });
     Ok(())
+}
+
+/// A linear weight in this engine's layout.
+fn packed(ps: &Params, id: usize) -> &PackedWeight {
+    ps.linear(id)
+        .as_any()
+        .downcast_ref::<PackedWeight>()
+        .expect("linear weights in the CPU engine's layout (checked before a run)")
 }
 
 /// dst (rows, c) = LayerNorm(src); without weight and bias (the cascade scan's
@@ -229,7 +348,7 @@ fn step(op: &Op, ps: &Params, bufs: &Buffers) {
             norm_weight,
             norm_bias,
         } => {
-            let w = ps.packed(weight);
+            let w = packed(ps, weight);
             assert_eq!(w.shape(), (out, inp), "linear weight shape");
             let x = &get(src)[..rows * inp];
             let ep = Epilogue {

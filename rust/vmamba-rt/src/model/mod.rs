@@ -11,7 +11,6 @@ mod ss2d;
 mod stem;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use block::VssBlock;
 use downsample::Downsample;
@@ -20,7 +19,7 @@ use stem::Stem;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::exec::Workspaces;
+use crate::exec::CpuEngine;
 use crate::kernels::gemm::WeightType;
 use crate::plan::{Builder, DType, Op, Outputs, ParamId, Params, Plan};
 use crate::weights::Param;
@@ -49,6 +48,20 @@ pub struct LoadOptions {
     pub mmap: bool,
     /// How the linear layers' weights are stored (see [`VMamba::set_weight_type`]).
     pub weight_type: WeightType,
+    /// Keep the linear weights dense, for another engine (the CUDA engine
+    /// reads and uploads them): the model then plans but does not run on the CPU.
+    pub dense: bool,
+}
+
+impl LoadOptions {
+    /// Empty parameters that keep linear weights as these options say.
+    fn params(&self) -> Params {
+        if self.dense {
+            Params::new()
+        } else {
+            Params::with_linear(CpuEngine::prepare(self.weight_type))
+        }
+    }
 }
 
 /// Environment variable that sets the number of worker threads (default: all cores).
@@ -83,13 +96,13 @@ pub struct VMamba {
     config: Config,
     metadata: std::collections::HashMap<String, String>,
     params: Params,
-    workspaces: Workspaces,
+    /// Runs the plans on the CPU (its threads and arenas).
+    cpu: CpuEngine,
     stem: Stem,
     /// The position embedding (H, W, C0) added after the stem, with its H and W.
     pos_embed: Option<(ParamId, usize, usize)>,
     stages: Vec<Stage>,
     head: Option<Head>,
-    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl VMamba {
@@ -148,7 +161,7 @@ impl VMamba {
             })?;
             let config = Config::from_json(text)?;
             crate::format::check_labels_size(ws.metadata(), config.num_classes)?;
-            Self::from_weights_as(config, &ws, options.weight_type)
+            Self::build(config, &ws, options.params())
         };
         let model = build().map_err(|e| e.in_file(path));
         drop(ws);
@@ -165,8 +178,18 @@ impl VMamba {
     /// [`VMamba::from_weights`], the linear weights stored as `weight_type`
     /// as they are read (see [`VMamba::set_weight_type`]).
     pub fn from_weights_as(config: Config, ws: &Weights, weight_type: WeightType) -> Result<Self> {
+        Self::build(
+            config,
+            ws,
+            Params::with_linear(CpuEngine::prepare(weight_type)),
+        )
+    }
+
+    /// The network read from `ws` into `params` (empty: its linear weights kept
+    /// as it says), with the CPU engine beside it.
+    fn build(config: Config, ws: &Weights, mut params: Params) -> Result<Self> {
         config.validate()?;
-        let ps = &mut Params::new(weight_type);
+        let ps = &mut params;
         let stem = Stem::load(&config, ws, ps)?;
         let pos_embed = if config.posembed {
             let (c0, side) = (config.dims, config.imgsize / config.patch_size);
@@ -226,13 +249,12 @@ impl VMamba {
         let mut model = VMamba {
             config,
             metadata: ws.metadata().clone(),
-            params: std::mem::take(ps),
-            workspaces: Workspaces::default(),
+            params,
+            cpu: CpuEngine::default(),
             stem,
             pos_embed,
             stages,
             head,
-            pool: None,
         };
         if let Ok(v) = std::env::var(THREADS_ENV) {
             let n = v.trim().parse::<usize>().map_err(|_| {
@@ -256,19 +278,24 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn random(config: Config, seed: u64) -> Result<Self> {
+        Self::random_with(config, seed, LoadOptions::default())
+    }
+
+    /// [`VMamba::random`] with the weights kept as `options` say (its `mmap` aside).
+    pub fn random_with(config: Config, seed: u64, options: LoadOptions) -> Result<Self> {
         config.validate()?;
         // Every weight is made up, and some are re-laid out: twice the model's size.
         let weights = config.param_count();
         crate::memory::ensure((weights * 4.0 * 2.0) as u64, || {
             format!("a random model of {weights:.0} weights")
         })?;
-        Self::from_weights(config, &Weights::synthetic(seed))
+        Self::build(config, &Weights::synthetic(seed), options.params())
     }
 
     /// Every tensor the architecture reads, by checkpoint name, with its shape.
     pub fn parameter_shapes(config: &Config) -> Result<Vec<(String, Vec<usize>)>> {
         let ws = Weights::synthetic(0);
-        Self::from_weights(config.clone(), &ws)?;
+        Self::build(config.clone(), &ws, Params::new())?;
         Ok(ws.requested())
     }
 
@@ -347,7 +374,9 @@ impl VMamba {
     /// # Ok::<(), vmamba_rt::Error>(())
     /// ```
     pub fn set_weight_type(&mut self, to: WeightType) {
-        self.params.set_weight_type(to);
+        if CpuEngine::runs(&self.params) {
+            CpuEngine::set_weight_type(&mut self.params, to);
+        }
     }
 
     /// Let the weights go (another engine has its own copy, e.g. on a GPU): the
@@ -361,6 +390,13 @@ impl VMamba {
         if self.params.released() {
             return Err(Error::Usage(
                 "this model's weights were handed to another engine (the GPU): it runs there, not on the CPU"
+                    .into(),
+            ));
+        }
+        if !CpuEngine::runs(&self.params) {
+            return Err(Error::Usage(
+                "this model was loaded for another engine (its linear weights kept dense): it plans, but does not \
+                 run on the CPU"
                     .into(),
             ));
         }
@@ -456,7 +492,7 @@ impl VMamba {
         let per_image = self.run(|| {
             self.per_image(x, shape, |x, shape| {
                 let plan = self.emit(shape, outputs);
-                crate::exec::run(&plan, &self.params, x, &self.workspaces, None)
+                self.cpu.run(&plan, &self.params, x, None)
             })
         });
         let mut parts = per_image.into_iter();
@@ -480,7 +516,7 @@ impl VMamba {
         self.check_input(x, shape, outputs)?;
         let plan = self.emit(shape, outputs);
         let mut times = crate::exec::OpTimes::new();
-        self.run(|| crate::exec::run(&plan, &self.params, x, &self.workspaces, Some(&mut times)));
+        self.run(|| self.cpu.run(&plan, &self.params, x, Some(&mut times)));
         Ok(times)
     }
 
@@ -543,6 +579,38 @@ mod tests {
 
     /// Released weights: the plans and the parameter table stand (another
     /// engine needs those), the CPU paths refuse with a typed error, not a panic.
+    /// Weights kept dense for another engine: the same plans and parameter
+    /// values as the CPU's layout gives back, and no CPU run.
+    #[test]
+    fn a_model_loaded_dense_plans_and_reads_as_the_cpu_one_but_does_not_run() {
+        let mut cfg = Config::preset("vmamba-tiny-s1l8").unwrap();
+        (cfg.dims, cfg.depths) = (8, vec![1, 1]);
+        let cpu = VMamba::random(cfg.clone(), 3).unwrap();
+        let dense_options = LoadOptions {
+            dense: true,
+            ..LoadOptions::default()
+        };
+        let dense = VMamba::random_with(cfg, 3, dense_options).unwrap();
+        let shape = [1, 3, 32, 32];
+        let plan = |m: &VMamba| serde_json::to_string(&m.plan(shape, Outputs::Logits).unwrap());
+        assert_eq!(plan(&dense).unwrap(), plan(&cpu).unwrap());
+        assert!(CpuEngine::runs(cpu.params()) && !CpuEngine::runs(dense.params()));
+        for id in 0..cpu.params().len() {
+            assert_eq!(
+                dense.params().dense(id),
+                cpu.params().dense(id),
+                "parameter {id}"
+            );
+        }
+        let linear = dense.params().linear_weights().next().unwrap();
+        assert!(linear.as_any().is::<crate::plan::DenseLinear>());
+        let err = dense
+            .forward(&vec![0.5; 3 * 32 * 32], shape)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loaded for another engine"), "{err}");
+    }
+
     #[test]
     fn a_model_whose_weights_are_released_plans_but_does_not_run() {
         let mut cfg = Config::preset("vmamba-tiny-s1l8").unwrap();

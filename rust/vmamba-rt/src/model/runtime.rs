@@ -1,8 +1,6 @@
 //! The runtime around the network: threads, input and memory checks, labels,
 //! top-k and file classification. The network itself is in `mod.rs`.
 
-use std::sync::Arc;
-
 use super::{VMamba, META_LABELS};
 use crate::error::{Error, Result};
 use crate::plan::Outputs;
@@ -80,33 +78,14 @@ impl VMamba {
 
     /// Run on `n` worker threads (0: rayon's global pool, all cores; at most 1024).
     pub fn set_num_threads(&mut self, n: usize) -> Result<()> {
-        if n > Self::MAX_THREADS {
-            return Err(Error::Usage(format!(
-                "num_threads must be 0 (all cores) to {}, got {n}",
-                Self::MAX_THREADS
-            )));
-        }
-        self.pool = if n == 0 {
-            None
-        } else {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .thread_name(|i| format!("vmamba-rt-{i}"))
-                .build()
-                .map_err(|e| Error::Usage(format!("cannot start {n} threads: {e}")))?;
-            Some(Arc::new(pool))
-        };
-        Ok(())
+        self.cpu.set_num_threads(n)
     }
 
     /// Most worker threads a model may be given.
-    pub const MAX_THREADS: usize = 1024;
+    pub const MAX_THREADS: usize = crate::exec::CpuEngine::MAX_THREADS;
 
     pub(super) fn num_threads(&self) -> usize {
-        match &self.pool {
-            Some(p) => p.current_num_threads(),
-            None => rayon::current_num_threads(),
-        }
+        self.cpu.num_threads()
     }
 
     /// Refuse an input whose forward pass would need more memory than there is:
@@ -176,10 +155,7 @@ impl VMamba {
     }
 
     pub(super) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
+        self.cpu.install(f)
     }
 
     /// Run `f` on each image of the batch. One image uses every thread; a batch

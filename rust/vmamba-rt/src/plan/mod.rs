@@ -23,7 +23,7 @@ fn no_act() -> Act {
 }
 
 pub use builder::Builder;
-pub use params::{ParamNeed, Params};
+pub use params::{DenseLinear, LinearWeight, ParamNeed, Params, PrepareLinear};
 
 /// Index of a buffer in [`Plan::buffers`].
 pub type BufId = usize;
