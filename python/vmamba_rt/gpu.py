@@ -410,6 +410,8 @@ class CudaEngine:
         w = P[op["weight"]] if op["weight"] is not None else None
         b = P[op["bias"]] if op["bias"] is not None else None
         gate = None if op["gate"] is None else bufs[op["gate"]][op["gate_offset"]:]
+        if gate is not None and ctx.f32[op["gate"]]:
+            raise _unsupported("a gate read from fp32 values")
         if ctx.f32[op["src"]]:  # the fp32 scan output: LayerNorm with the gate the plan fused into it
             ctx.steps.append(self._rowwise("layernorm_gate", rows, bufs[op["src"]], bufs[op["dst"]], gate,
                                            i32(op["gate_stride"]), w, b, i64(rows), i32(c),

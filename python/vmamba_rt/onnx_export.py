@@ -180,9 +180,10 @@ class _Exporter:
     def unary(self, op: str, v: _Value, **attrs) -> _Value:
         return _Value(self.g.node(op, [v.name], **attrs), v.shape, v.dtype)
 
-    def binary(self, op: str, a: _Value, b, shape=None) -> _Value:
+    def binary(self, op: str, a: _Value, b) -> _Value:
+        """``a op b``, b a value or an initializer's name broadcast to a's shape."""
         other = b.name if isinstance(b, _Value) else b
-        return _Value(self.g.node(op, [a.name, other]), shape or a.shape, a.dtype)
+        return _Value(self.g.node(op, [a.name, other]), a.shape, a.dtype)
 
     def act(self, v: _Value, act: str) -> _Value:
         g = self.g
