@@ -143,7 +143,8 @@ pub fn infer_config(tensors: &[(String, Vec<usize>)]) -> Result<Value, String> {
             }
             if let Some((fc1_name, fc1)) = get("mlp.fc1.weight") {
                 let hidden = dim(&fc1_name, fc1, 0)?;
-                let gmlp = matches!(get("mlp.fc2.weight"), Some((_, fc2)) if fc2.len() == 2 && hidden == 2 * fc2[1]);
+                let gmlp = matches!(get("mlp.fc2.weight"),
+                    Some((_, fc2)) if fc2.len() == 2 && fc2[1].checked_mul(2) == Some(hidden));
                 cfg["gmlp"] = gmlp.into();
                 cfg["mlp_ratio"] =
                     ((if gmlp { hidden / 2 } else { hidden }) as f64 / c as f64).into();
@@ -318,6 +319,14 @@ mod tests {
         assert!(infer_config(&many)
             .unwrap_err()
             .contains("more than 1024 blocks"));
+        // An fc2 width that would wrap around when doubled is no gated MLP's.
+        let wide = t(&[
+            stem,
+            ("layers.0.blocks.0.mlp.fc1.weight", &[usize::MAX - 1, 96]),
+            ("layers.0.blocks.0.mlp.fc2.weight", &[96, usize::MAX]),
+            head,
+        ]);
+        assert_eq!(infer_config(&wide).unwrap()["gmlp"], false);
         // Indices of more than six digits are not stage or block indices.
         assert_eq!(stage_and_block("layers.1234567.x"), None);
         assert_eq!(stage_and_block("layers.2.blocks.7.op"), Some((2, Some(7))));
