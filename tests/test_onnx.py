@@ -25,11 +25,12 @@ TOL = 1e-4
 
 
 def session(path_or_proto):
-    source = path_or_proto if isinstance(path_or_proto, (str, os.PathLike)) else path_or_proto.SerializeToString()
+    """An ONNX Runtime session on the CPU for a file or a model proto."""
+    source = os.fspath(path_or_proto) if isinstance(path_or_proto, (str, os.PathLike)) \
+        else path_or_proto.SerializeToString()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(os.fspath(source) if isinstance(source, os.PathLike) else source, opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def run(path, x) -> list:

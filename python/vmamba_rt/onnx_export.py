@@ -384,6 +384,25 @@ class _Exporter:
 
         self.write(op["dst"], cross_scan(self, op))
 
+    def model(self, name: str, inputs: list, outputs: list):
+        """The graph written so far as a model: ``inputs`` (name, shape) and
+        ``outputs`` (name, buffer, shape), all float32; the batch leads every shape."""
+        from . import __version__
+
+        helper, tp = self.g.onnx.helper, self.g.onnx.TensorProto
+        for out, buf, shape in outputs:
+            v = self.cast(self.reshape(self.current(buf), (-1, *shape[1:])), "float32")
+            self.g.nodes.append(helper.make_node("Identity", [v.name], [out]))
+
+        def info(pairs):
+            return [helper.make_tensor_value_info(n, tp.FLOAT, list(s)) for n, s in pairs]
+
+        graph = helper.make_graph(self.g.nodes, name, info(inputs), info((o, s) for o, _, s in outputs),
+                                  self.g.inits)
+        opsets = [helper.make_opsetid("", self.g.opset)]
+        return helper.make_model(graph, opset_imports=opsets, producer_name="vmamba-rt", producer_version=__version__,
+                                 ir_version=helper.find_min_ir_version_for(opsets))
+
     # Every op kind of the plan's schema (_native.OP_KINDS) and what writes it.
     OPS = {
         "to_channels_last": _to_channels_last, "to_channels_first": _to_channels_first, "im2col": _im2col,
@@ -474,8 +493,6 @@ def export_onnx(model_or_path=None, out_path="model.onnx", *, input_size=None, b
     or absent."""
     start = time.perf_counter()
     onnx = _onnx()
-    from . import __version__
-
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if scan not in SCAN_FORMS:
@@ -510,25 +527,15 @@ def export_onnx(model_or_path=None, out_path="model.onnx", *, input_size=None, b
     if ex.g.bytes > MAX_FILE:
         raise ExportError(f"input_size {h}x{w}: the graph would hold {ex.g.bytes / 2**30:.1f} GiB of weights and "
                           "index tables, over ONNX's 2 GiB for one file; export a smaller input_size")
-    helper, tp = onnx.helper, onnx.TensorProto
     batch_dim = fixed or "batch"
     out_ids = [i for i, b in enumerate(plan["buffers"]) if b["role"] == "output"]
-    graph_outputs = []
-    for name, buf in zip(names, out_ids, strict=True):
-        shape = [batch_dim] + plan["buffers"][buf]["shape"][1:]
-        v = ex.cast(ex.reshape(ex.values[buf], tuple([-1] + shape[1:])), "float32")
-        ex.g.nodes.append(helper.make_node("Identity", [v.name], [name]))
-        graph_outputs.append(helper.make_tensor_value_info(name, tp.FLOAT, shape))
-    graph = helper.make_graph(ex.g.nodes, f"vmamba_rt.{outputs}",
-                              [helper.make_tensor_value_info("input", tp.FLOAT, [batch_dim, chans, h, w])],
-                              graph_outputs, ex.g.inits)
-    opsets = [helper.make_opsetid("", opset)]
-    proto = helper.make_model(graph, opset_imports=opsets, producer_name="vmamba-rt",
-                              producer_version=__version__, ir_version=helper.find_min_ir_version_for(opsets))
+    proto = ex.model(f"vmamba_rt.{outputs}", [("input", [batch_dim, chans, h, w])],
+                     [(name, buf, [batch_dim, *plan["buffers"][buf]["shape"][1:]])
+                      for name, buf in zip(names, out_ids, strict=True)])
     meta = dict(model.metadata)
     meta.update({"vmamba_rt.onnx.outputs": outputs, "vmamba_rt.onnx.scan": scan, "vmamba_rt.onnx.dtype": dtype,
                  "vmamba_rt.onnx.input_size": f"{h}x{w}"})
-    helper.set_model_props(proto, meta)
+    onnx.helper.set_model_props(proto, meta)
 
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
     os.close(fd)
@@ -552,7 +559,6 @@ def op_model(ops: list, lens: list, params: list, f32: tuple = (), *, dtype: str
     ``out{i}``, flat float32 of ``lens[i]`` elements; ``params`` are arrays by
     id; ``f32`` the ids of buffers a plan keeps in fp32."""
     onnx = _onnx()
-    helper, tp = onnx.helper, onnx.TensorProto
     plan = {"ops": ops, "buffers": [{"len": n, "role": "work", "dtype": "f32" if i in f32 else "act"}
                                     for i, n in enumerate(lens)]}
     ex = _Exporter(onnx, plan, lambda i: params[i], [f"param{i}" for i in range(len(params))], dtype,
@@ -560,11 +566,5 @@ def op_model(ops: list, lens: list, params: list, f32: tuple = (), *, dtype: str
     for i in range(len(lens)):
         ex.values[i] = ex.cast(_Value(f"buf{i}", (lens[i],), "float32"), ex.buffer_type(i))
     ex.run()
-    for i in range(len(lens)):
-        v = ex.cast(ex.reshape(ex.values[i], (-1,)), "float32")
-        ex.g.nodes.append(helper.make_node("Identity", [v.name], [f"out{i}"]))
-    io = lambda prefix: [helper.make_tensor_value_info(f"{prefix}{i}", tp.FLOAT, [n])  # noqa: E731
-                         for i, n in enumerate(lens)]
-    graph = helper.make_graph(ex.g.nodes, "ops", io("buf"), io("out"), ex.g.inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)],
-                             ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", DEFAULT_OPSET)]))
+    io = [(f"buf{i}", [n]) for i, n in enumerate(lens)]
+    return ex.model("ops", io, [(f"out{i}", i, [n]) for i, n in enumerate(lens)])
