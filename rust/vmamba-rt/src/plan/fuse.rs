@@ -177,6 +177,10 @@ mod tests {
         }
     }
 
+    fn act(buf: usize, len: usize, act: Act) -> Op {
+        Op::Act { buf, len, act }
+    }
+
     fn kinds(plan: &Plan) -> Vec<&str> {
         plan.ops.iter().map(|op| op.kind()).collect()
     }
@@ -190,30 +194,14 @@ mod tests {
             g.work(20, DType::Act),
         );
         g.push(linear(0, a, false));
-        g.push(Op::Act {
-            buf: a,
-            len: 20,
-            act: Act::Gelu,
-        }); // folded
+        g.push(act(a, 20, Act::Gelu)); // folded
         g.push(linear(a, b, true));
-        g.push(Op::Act {
-            buf: b,
-            len: 20,
-            act: Act::Silu,
-        }); // not: b accumulates
+        g.push(act(b, 20, Act::Silu)); // not: b accumulates
         g.push(linear(b, c, false));
-        g.push(Op::Act {
-            buf: c,
-            len: 8,
-            act: Act::Relu,
-        }); // not: only part of c
+        g.push(act(c, 8, Act::Relu)); // not: only part of c
         let out = g.output(vec![1, 20]);
         g.push(linear(c, out, false));
-        g.push(Op::Act {
-            buf: out,
-            len: 20,
-            act: Act::Sigmoid,
-        }); // not: an output
+        g.push(act(out, 20, Act::Sigmoid)); // not: an output
         let plan = g.finish(Outputs::Logits);
         assert_eq!(
             kinds(&plan),
