@@ -233,6 +233,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{pairs, with_act, Bf16, Task, NR};
+    use crate::kernels::gemm::TAIL_ROWS;
 
     /// Rows a tile takes (24 sums, 2 weights and a broadcast: 27 of 32 registers).
     const MR: usize = 12;
@@ -274,14 +275,22 @@ mod avx512 {
         while p < t.cols.end {
             let step = if p + NP <= t.cols.end { NP } else { 1 };
             let mut i = 0;
-            while i < rows {
-                let live = MR.min(rows - i);
+            while i + MR <= rows {
                 if step == NP {
-                    tile_at::<MR, NP, ACT>(t, x, i, live, p);
+                    tile_at::<MR, NP, ACT>(t, x, i, MR, p);
                 } else {
-                    tile_at::<MR, 1, ACT>(t, x, i, live, p);
+                    tile_at::<MR, 1, ACT>(t, x, i, MR, p);
                 }
                 i += MR;
+            }
+            while i < rows {
+                let live = TAIL_ROWS.min(rows - i);
+                if step == NP {
+                    tile_at::<TAIL_ROWS, NP, ACT>(t, x, i, live, p);
+                } else {
+                    tile_at::<TAIL_ROWS, 1, ACT>(t, x, i, live, p);
+                }
+                i += TAIL_ROWS;
             }
             p += step;
         }
@@ -296,6 +305,7 @@ mod avx512 {
         live: usize,
         p: usize,
     ) {
+        t.prefetch_out::<P>(t.rows.start + i, live, p);
         let kp = pairs(t.k);
         let mut rows = [x.as_ptr(); R];
         for (q, r) in rows.iter_mut().enumerate() {
