@@ -233,7 +233,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{pairs, with_act, Bf16, Task, NR};
-    use crate::kernels::gemm::TAIL_ROWS;
+    use crate::kernels::gemm::{tail_in_small_tiles, TAIL_ROWS};
 
     /// Rows a tile takes (24 sums, 2 weights and a broadcast: 27 of 32 registers).
     const MR: usize = 12;
@@ -282,6 +282,15 @@ mod avx512 {
                     tile_at::<MR, 1, ACT>(t, x, i, MR, p);
                 }
                 i += MR;
+            }
+            let rest = rows - i;
+            if rest > 0 && !tail_in_small_tiles(rest, MR) {
+                if step == NP {
+                    tile_at::<MR, NP, ACT>(t, x, i, rest, p);
+                } else {
+                    tile_at::<MR, 1, ACT>(t, x, i, rest, p);
+                }
+                i = rows;
             }
             while i < rows {
                 let live = TAIL_ROWS.min(rows - i);
@@ -423,6 +432,7 @@ mod tests {
             (200, 41, 70),
             (1, 300, 100),
             (30, 8, 16),
+            (23, 17, 20),
         ] {
             let (lda, ldo) = (k + 3, n + 5);
             let x = randn(m * lda, 11);

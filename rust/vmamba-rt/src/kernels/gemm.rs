@@ -507,6 +507,14 @@ const ROW_PANELS: usize = 4;
 /// only to throw them away, a fifth of that GEMM's work.
 pub(super) const TAIL_ROWS: usize = 4;
 
+/// Whether the `rest` rows after a block's MR-row tiles go through TAIL_ROWS
+/// tiles: only where those compute fewer rows than one more MR tile would (the
+/// AVX2 tile's 6 rows over 5 left is one tile, not two of 4).
+#[inline(always)]
+pub(super) fn tail_in_small_tiles(rest: usize, mr: usize) -> bool {
+    rest.next_multiple_of(TAIL_ROWS) < mr
+}
+
 /// The activations by the index `with_act!` gives each copy of the loops.
 const EPILOGUE_ACTS: [Act; 5] = [Act::None, Act::Silu, Act::Gelu, Act::Relu, Act::Sigmoid];
 
@@ -591,6 +599,10 @@ impl<E: PanelElem> Task<'_, E> {
         while r + MR <= self.rows.end {
             self.tile_at::<F, MR, NP, ACT>(r, MR, p);
             r += MR;
+        }
+        let rest = self.rows.end - r;
+        if rest > 0 && !tail_in_small_tiles(rest, MR) {
+            return self.tile_at::<F, MR, NP, ACT>(r, rest, p);
         }
         while r < self.rows.end {
             let live = TAIL_ROWS.min(self.rows.end - r);
@@ -766,6 +778,7 @@ mod tests {
             (200, 40, 33),
             (7, 300, 64),
             (19, 33, 40),
+            (23, 17, 20),
         ] {
             let (lda, ldo) = (k + 3, n + 5);
             let x = randn(m * lda, 1);
