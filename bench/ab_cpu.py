@@ -20,8 +20,11 @@ from bench_cpu import GFLOP_224, child, print_header, sgemm_child
 
 PROFILED = ("vmamba-tiny-s1l8", 224)  # preset, resolution; on 1 and on 2 threads
 
-ROWS = [("vmamba-tiny-s1l8", 224, 1, 1), ("vmamba-tiny-s1l8", 224, 1, 2), ("vmamba-tiny-s1l8", 224, 8, 2),
-        ("vanilla-vmamba-tiny", 224, 1, 2)]
+# preset, resolution, batch, threads, weights
+ROWS = [("vmamba-tiny-s1l8", 224, 1, 1, "float32"), ("vmamba-tiny-s1l8", 224, 1, 2, "float32"),
+        ("vmamba-tiny-s1l8", 224, 8, 2, "float32"), ("vanilla-vmamba-tiny", 224, 1, 2, "float32"),
+        ("vmamba-tiny-s1l8", 224, 1, 1, "bfloat16"), ("vmamba-tiny-s1l8", 224, 1, 2, "bfloat16"),
+        ("vmamba-tiny-s1l8", 224, 8, 2, "bfloat16")]
 
 
 def main():
@@ -38,24 +41,24 @@ def main():
         for t in peak:
             peak[t] = max(peak[t], sgemm_child(t)[0])
         for row in ROWS:
-            preset, res, batch, threads = row
+            preset, res, batch, threads, dtype = row
             for who, python in pythons.items():
-                r = child(["--reps", 5, "--child", preset, res, batch, threads, "float32"], python=python)
+                r = child(["--reps", 5, "--child", preset, res, batch, threads, dtype], python=python)
                 best[row, who] = min(best.get((row, who), float("inf")), r["best"] / batch)
         for t in peak:
             for who, python in pythons.items():
-                r = child(["--reps", 5, "--profile-child", *PROFILED, t], python=python)
+                r = child(["--reps", 5, "--profile-child", *PROFILED, t, "float32"], python=python)
                 for kind, seconds in r.items():
                     ops[kind, who, t] = min(ops.get((kind, who, t), float("inf")), seconds)
     print(f"sgemm (numpy 2048^3, best of {args.rounds} rounds): {peak[1]:.1f} GFLOP/s 1 thread, "
           f"{peak[2]:.1f} GFLOP/s 2 threads")
-    print_header("| model               | batch | threads | before ms/img | of sgemm | now ms/img | of sgemm |"
-                 " now/before |")
+    print_header("| model               | weights  | batch | threads | before ms/img | of sgemm | now ms/img |"
+                 " of sgemm | now/before |")
     for row in ROWS:
-        preset, res, batch, threads = row
+        preset, res, batch, threads, dtype = row
         gflop = GFLOP_224[preset] * (res / 224) ** 2
         b, n = best[row, "before"], best[row, "now"]
-        print(f"| {preset:<19} | {batch:>5} | {threads:>7} | {b * 1e3:>13.1f} | {gflop / b / peak[threads]:>8.2f} |"
+        print(f"| {preset:<19} | {dtype:<8} | {batch:>5} | {threads:>7} | {b * 1e3:>13.1f} | {gflop / b / peak[threads]:>8.2f} |"
               f" {n * 1e3:>10.1f} | {gflop / n / peak[threads]:>8.2f} | {n / b:>10.2f} |")
 
     preset, res = PROFILED

@@ -161,13 +161,13 @@ def gemm_child(shapes, threads: int, reps: int, rounds: int = 3) -> dict:
     return best
 
 
-def profile_child(preset: str, res: int, threads: int, reps: int) -> dict:
+def profile_child(preset: str, res: int, threads: int, reps: int, dtype: str = "float32") -> dict:
     """Child process: seconds per kind of op of one forward pass (best of `reps`)."""
     import numpy as np
 
     import vmamba_rt
 
-    model = vmamba_rt.Model.random(preset, num_threads=threads)
+    model = vmamba_rt.Model.random(preset, num_threads=threads, dtype=dtype)
     x = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
     model(x)
     runs = [dict(model._native.profile(x)) for _ in range(reps)]
@@ -197,7 +197,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--child", nargs=5)
     ap.add_argument("--gemm-child", nargs=3)
-    ap.add_argument("--profile-child", nargs=3)
+    ap.add_argument("--profile-child", nargs=4)
     args = ap.parse_args()
     if args.child:
         preset, res, batch, threads, dtype = args.child
@@ -207,8 +207,8 @@ def main():
         print(json.dumps(gemm_child(gemm_shapes(preset, int(res)), int(threads), args.reps)))
         return None
     if args.profile_child:
-        preset, res, threads = args.profile_child
-        print(json.dumps(profile_child(preset, int(res), int(threads), args.reps)))
+        preset, res, threads, dtype = args.profile_child
+        print(json.dumps(profile_child(preset, int(res), int(threads), args.reps, dtype)))
         return None
 
     cores = os.cpu_count() or 1
@@ -272,26 +272,27 @@ def main():
     # The model's GEMM shapes, ours against numpy's, on each thread count.
     preset = "vmamba-tiny-s1l8"
     shapes = gemm_shapes(preset, 224)
-    # Where the time goes: seconds per kind of op, one forward pass at batch 1.
+    # Where the time goes: seconds per kind of op, one forward pass at batch 1, each weight type.
+    runs = [(dtype, t) for dtype in DTYPES for t in thread_counts]
     prof = {}
     for _ in range(args.rounds):
-        for t in thread_counts:
-            r = child(["--reps", args.reps, "--profile-child", preset, 224, t])
-            prof[t] = {kind: min(v, prof.get(t, r)[kind]) for kind, v in r.items()}
+        for run in runs:
+            dtype, t = run
+            r = child(["--reps", args.reps, "--profile-child", preset, 224, t, dtype])
+            prof[run] = {kind: min(v, prof.get(run, r)[kind]) for kind, v in r.items()}
     gemm_gflop = sum(2 * m * k * n * runs for (m, k, n), runs in shapes) / 1e9
-    print(f"\n{preset} at 224, batch 1, float32: time per kind of op (ms, best of {args.reps}{rounds};"
-          " 'linear' is every GEMM with its bias and fused activation)")
-    cols = "".join(f" {t} thread{'s' * (t > 1)} |  share |" for t in thread_counts)
-    hdr = f"| op                | {cols}"
-    print_header(hdr)
-    total = {t: sum(prof[t].values()) for t in thread_counts}
-    for kind in sorted(prof[thread_counts[0]], key=lambda k: -prof[thread_counts[0]][k]):
-        cells = "".join(f" {prof[t][kind] * 1e3:>9.1f} | {prof[t][kind] / total[t]:>6.0%} |" for t in thread_counts)
-        print(f"| {kind:<17} | {cells}")
-    for t in thread_counts:
-        rate = gemm_gflop / prof[t]["linear"]
-        print(f"GEMMs inside the model, {t} thread{'s' * (t > 1)}: {gemm_gflop:.2f} GFLOP at {rate:.1f} GFLOP/s"
-              f" = {rate / peak[t]:.2f} of sgemm")
+    print(f"\n{preset} at 224, batch 1: time per kind of op (ms, best of {args.reps}{rounds};"
+          " 'linear' is every GEMM with its bias, fused activation and fused norm)")
+    cols = "".join(f" {'f32' if d == 'float32' else 'bf16':>4} {t}t |  share |" for d, t in runs)
+    print_header(f"| op                |{cols}")
+    total = {run: sum(prof[run].values()) for run in runs}
+    for kind in sorted(prof[runs[0]], key=lambda k: -prof[runs[0]][k]):
+        cells = "".join(f" {prof[run][kind] * 1e3:>7.1f} | {prof[run][kind] / total[run]:>6.0%} |" for run in runs)
+        print(f"| {kind:<17} |{cells}")
+    for dtype, t in runs:
+        rate = gemm_gflop / prof[dtype, t]["linear"]
+        print(f"GEMMs inside the model, {dtype}, {t} thread{'s' * (t > 1)}: {gemm_gflop:.2f} GFLOP at"
+              f" {rate:.1f} GFLOP/s = {rate / peak[t]:.2f} of sgemm")
 
     rates = {}
     for t in thread_counts:

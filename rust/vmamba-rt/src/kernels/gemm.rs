@@ -390,26 +390,28 @@ pub(super) fn tasks_share_rows(m: usize, n: usize, k: usize) -> bool {
     Blocks::new(m, n, k, rayon::current_num_threads()).splits_panels()
 }
 
-/// The split of the output into tasks: row blocks small enough that a block of
-/// x stays in the L2 cache while every panel passes over it, and panel groups
-/// that give each thread a few tasks.
+/// The split of the output into tasks: `row_blocks` near-equal blocks of rows
+/// (each small enough that its rows of x stay in the L2 cache while the task's
+/// panels pass over them) times groups of `cols` panels, chosen so that the
+/// threads finish together.
+#[derive(Debug)]
 struct Blocks {
     m: usize,
     panels: usize,
-    rows: usize,
+    row_blocks: usize,
     cols: usize,
 }
 
 impl Blocks {
-    /// Bytes of x and of the output a row block keeps in the L2 cache while
-    /// every panel passes over it. The output counts: a stage-1 MLP's rows of
-    /// 384 outputs over K = 96 filled the cache with its output and pushed
-    /// out its x (3136 x 96 x 384 at 0.7 of the rate of 784 x 96 x 384).
+    /// Bytes of x and of its output a task keeps in the L2 cache while its
+    /// panels pass over it. The output counts: a stage-1 MLP's rows of 384
+    /// outputs over K = 96 filled the cache with its output and pushed out its
+    /// x (3136 x 96 x 384 at 0.7 of the rate of 784 x 96 x 384).
     const BLOCK_BYTES: usize = 512 << 10;
 
-    /// Row blocks are a multiple of every tile height (12, 6, 4): no tile
-    /// inside a block computes rows it does not store.
-    const ROW_STEP: usize = 12;
+    /// Row blocks start at multiples of this: the tails of the tile kernels
+    /// (12, 6 or 4 rows, then 4-row tiles) then waste no more than 3 rows.
+    const ROW_STEP: usize = 4;
 
     /// Up to this many rows are one row block whatever K and the threads (tasks
     /// then split the panels alone). Each row block streams the whole weight:
@@ -418,35 +420,99 @@ impl Blocks {
     /// whose x (600 KB) still fits an L2.
     const ONE_BLOCK: usize = 64;
 
+    /// What a task's passing its panels over one more row block costs, in
+    /// rows of compute per panel: the panels come again from L3 or memory.
+    const RESTREAM_ROWS: usize = 16;
+
+    /// What a task costs the thread that runs it besides its tiles (a rayon
+    /// hand-off, the first panels' misses), about half a microsecond: 2^17
+    /// multiply-adds.
+    const TASK_MACS: usize = 1 << 17;
+
+    /// The split with the least estimated time to the last task's end, in
+    /// rows x quarter panels of compute: over the panel groups and the row
+    /// blocks that keep x in cache, the largest task times the rounds of tasks
+    /// each thread runs, plus what streaming the panels again for each row
+    /// block and each task's hand-off cost. One thread takes the panels whole
+    /// and the fewest row blocks. A 196 x 384 x 1536 stage-3 MLP on two
+    /// threads is one row block in 16 groups of 6 panels (was 4 row blocks of
+    /// 60, 60, 60 and 16 rows in 2 groups, which ran at 0.78 of the rate of
+    /// two one-thread runs side by side, on a Zen 5).
     fn new(m: usize, n: usize, k: usize, threads: usize) -> Self {
         let panels = n.div_ceil(NR);
-        let fit = (Self::BLOCK_BYTES / (4 * (k + n).max(1))).clamp(24, 1024);
-        let one_block = m <= Self::ONE_BLOCK;
-        let mut rows = if one_block {
-            m
+        let threads = threads.max(1);
+        let mut best = (usize::MAX, Blocks::with(m, panels, 1, panels.max(1)));
+        if m == 0 || panels == 0 {
+            return best.1;
+        }
+        // Narrower groups would let one thread's row blocks grow, but each group
+        // reads x again (3-5% slower where measured).
+        let most_groups = if threads == 1 {
+            1
         } else {
-            (fit / Self::ROW_STEP * Self::ROW_STEP).min(m)
+            panels.min(8 * threads)
         };
-        let mut cols = panels;
-        if threads > 1 {
-            // At least four tasks per thread where the shape allows it.
-            let want = 4 * threads;
-            let row_blocks = m.div_ceil(rows);
-            if row_blocks < want {
-                let col_blocks = want.div_ceil(row_blocks).min(panels);
-                cols = panels.div_ceil(col_blocks);
-                if !one_block {
-                    let row_blocks = want.div_ceil(panels.div_ceil(cols));
-                    rows = rows.min(m.div_ceil(row_blocks).next_multiple_of(Self::ROW_STEP));
+        let mut last_cols = 0;
+        for groups in 1..=most_groups {
+            let cols = panels.div_ceil(groups);
+            if cols == last_cols {
+                continue; // the same split as a smaller group count
+            }
+            last_cols = cols;
+            let groups = panels.div_ceil(cols);
+            let (fewest, most) = if m <= Self::ONE_BLOCK {
+                (1, 1)
+            } else {
+                // At least 24 rows a block, whatever the cache says.
+                let fit = (Self::BLOCK_BYTES / (4 * (k + cols * NR))).max(24);
+                let fewest = m.div_ceil(fit);
+                (fewest, (fewest + 2 * threads).min(m.div_ceil(24)))
+            };
+            for row_blocks in fewest..=most {
+                let b = Blocks::with(m, panels, row_blocks, cols);
+                // Tiles take panels in pairs: a lone one runs at about 4/5 of their rate.
+                let largest = b.largest_rows().next_multiple_of(4) * (4 * cols + cols % 2);
+                let rounds = (row_blocks * groups).div_ceil(threads);
+                // Half a task more where threads share the work: one that starts late or is
+                // slowed leaves its last task to the others, so smaller tasks finish together
+                // more surely.
+                let late = if threads > 1 { largest / 2 } else { 0 };
+                let cost = rounds * largest
+                    + late
+                    + (Self::RESTREAM_ROWS * row_blocks * panels * 4).div_ceil(threads)
+                    + Self::TASK_MACS / (NR / 4 * k.max(1)) * rounds;
+                if cost < best.0 {
+                    best = (cost, b);
                 }
             }
         }
+        best.1
+    }
+
+    fn with(m: usize, panels: usize, row_blocks: usize, cols: usize) -> Self {
         Blocks {
             m,
             panels,
-            rows,
+            row_blocks,
             cols,
         }
+    }
+
+    /// The first row of row block `r` (`r = row_blocks` gives m).
+    fn row_start(&self, r: usize) -> usize {
+        if r >= self.row_blocks {
+            return self.m;
+        }
+        let start = r as u128 * self.m as u128 / self.row_blocks as u128; // below m
+        start as usize / Self::ROW_STEP * Self::ROW_STEP
+    }
+
+    /// Rows of the largest row block.
+    fn largest_rows(&self) -> usize {
+        (0..self.row_blocks)
+            .map(|r| self.row_start(r + 1) - self.row_start(r))
+            .max()
+            .unwrap_or(0)
     }
 
     /// True when tasks split the panels: several tasks then read the same rows of x.
@@ -455,14 +521,14 @@ impl Blocks {
     }
 
     fn count(&self) -> usize {
-        self.m.div_ceil(self.rows) * self.panels.div_ceil(self.cols)
+        self.row_blocks * self.panels.div_ceil(self.cols)
     }
 
     /// (rows, panels) of task `t`.
     fn task(&self, t: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let per_row = self.panels.div_ceil(self.cols);
         let (r, c) = (t / per_row, t % per_row);
-        let rows = r * self.rows..((r + 1) * self.rows).min(self.m);
+        let rows = self.row_start(r)..self.row_start(r + 1);
         let cols = c * self.cols..((c + 1) * self.cols).min(self.panels);
         (rows, cols)
     }
@@ -779,7 +845,13 @@ mod tests {
             (7, 300, 64),
             (19, 33, 40),
             (23, 17, 20),
+            (130, 600, 100),
         ] {
+            if m == 130 {
+                // On 3 threads: row blocks of 64 and 66 rows (tail tiles) and groups of 2 panels.
+                let b = Blocks::new(m, n, k, 3);
+                assert!(b.row_blocks > 1 && b.splits_panels(), "{b:?}");
+            }
             let (lda, ldo) = (k + 3, n + 5);
             let x = randn(m * lda, 1);
             let w = randn(n * k, 2);
@@ -984,14 +1056,22 @@ mod tests {
         for (m, n, k, threads) in [
             (1, 1, 1, 1),
             (196, 1536, 384, 2),
+            (196, 104, 384, 2),
             (49, 768, 3072, 2),
             (3136, 96, 96, 16),
+            (3136, 384, 96, 2),
             (7, 1000, 768, 8),
+            (65, 17, 5, 3),
         ] {
             let blocks = Blocks::new(m, n, k, threads);
             let mut seen = vec![0u8; m * n.div_ceil(NR)];
             for t in 0..blocks.count() {
                 let (rows, cols) = blocks.task(t);
+                assert!(
+                    !rows.is_empty() && !cols.is_empty(),
+                    "{m}x{n}: task {t} empty"
+                );
+                assert_eq!(rows.start % Blocks::ROW_STEP, 0);
                 for r in rows {
                     for c in cols.clone() {
                         seen[r * n.div_ceil(NR) + c] += 1;
@@ -999,6 +1079,24 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|&s| s == 1), "{m}x{n} on {threads}");
+        }
+    }
+
+    /// The stage-3 MLP on two threads: its 196 rows in one block (x fits the
+    /// cache, so the weight is read once), the panels in equal groups, at least
+    /// two tasks a thread (one late thread leaves work to the other).
+    #[test]
+    fn two_threads_split_the_panels_evenly() {
+        for (n, k) in [(1536, 384), (384, 384)] {
+            let blocks = Blocks::new(196, n, k, 2);
+            let tasks: Vec<_> = (0..blocks.count()).map(|t| blocks.task(t)).collect();
+            assert!(tasks.len() >= 4, "{blocks:?}");
+            assert!(
+                tasks
+                    .iter()
+                    .all(|(rows, cols)| *rows == (0..196) && cols.len() == tasks[0].1.len()),
+                "{blocks:?}"
+            );
         }
     }
 
