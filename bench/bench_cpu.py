@@ -273,23 +273,23 @@ def main():
     preset = "vmamba-tiny-s1l8"
     shapes = gemm_shapes(preset, 224)
     # Where the time goes: seconds per kind of op, one forward pass at batch 1, each weight type.
-    runs = [(dtype, t) for dtype in DTYPES for t in thread_counts]
+    profiled = [(dtype, t) for dtype in DTYPES for t in thread_counts]
     prof = {}
     for _ in range(args.rounds):
-        for run in runs:
+        for run in profiled:
             dtype, t = run
             r = child(["--reps", args.reps, "--profile-child", preset, 224, t, dtype])
             prof[run] = {kind: min(v, prof.get(run, r)[kind]) for kind, v in r.items()}
     gemm_gflop = sum(2 * m * k * n * runs for (m, k, n), runs in shapes) / 1e9
     print(f"\n{preset} at 224, batch 1: time per kind of op (ms, best of {args.reps}{rounds};"
           " 'linear' is every GEMM with its bias, fused activation and fused norm)")
-    cols = "".join(f" {'f32' if d == 'float32' else 'bf16':>4} {t}t |  share |" for d, t in runs)
+    cols = "".join(f" {'f32' if d == 'float32' else 'bf16':>4} {t}t |  share |" for d, t in profiled)
     print_header(f"| op                |{cols}")
-    total = {run: sum(prof[run].values()) for run in runs}
-    for kind in sorted(prof[runs[0]], key=lambda k: -prof[runs[0]][k]):
-        cells = "".join(f" {prof[run][kind] * 1e3:>7.1f} | {prof[run][kind] / total[run]:>6.0%} |" for run in runs)
+    total = {run: sum(prof[run].values()) for run in profiled}
+    for kind in sorted(prof[profiled[0]], key=lambda k: -prof[profiled[0]][k]):
+        cells = "".join(f" {prof[run][kind] * 1e3:>7.1f} | {prof[run][kind] / total[run]:>6.0%} |" for run in profiled)
         print(f"| {kind:<17} |{cells}")
-    for dtype, t in runs:
+    for dtype, t in profiled:
         rate = gemm_gflop / prof[dtype, t]["linear"]
         print(f"GEMMs inside the model, {dtype}, {t} thread{'s' * (t > 1)}: {gemm_gflop:.2f} GFLOP at"
               f" {rate:.1f} GFLOP/s = {rate / peak[t]:.2f} of sgemm")

@@ -128,12 +128,13 @@ pub fn unpack(panels: &[Bf16], n: usize, k: usize) -> Vec<f32> {
 pub fn gemm(a: Lhs, panels: &[Bf16], n: usize, k: usize, ep: Epilogue, out: Out) {
     let fits = elements(&[n.div_ceil(NR), NR, 2, pairs(k)]).is_some_and(|e| e <= panels.len());
     assert!(fits, "bf16 gemm: panels too small");
-    let shared = gemm::tasks_share_rows(a.rows, n, k).then(|| lhs_as_pairs(&a, k));
     #[cfg(target_arch = "x86_64")]
     let vector = has_instruction();
-    gemm::split(a, panels.as_ptr(), n, k, ep, out, |t| {
+    // Where tasks share rows, x is converted once, after `split` checked it.
+    let share = |shared: bool| shared.then(|| lhs_as_pairs(&a, k));
+    gemm::split(a, panels.as_ptr(), n, k, ep, out, share, |t, shared| {
         let own;
-        let x = match &shared {
+        let x = match shared {
             Some(all) => &all[t.rows.start * pairs(k)..t.rows.end * pairs(k)],
             None => {
                 // SAFETY: `split` checked that x holds the task's rows.
@@ -530,11 +531,43 @@ mod tests {
                 stride: n,
                 accumulate: false,
             };
-            gemm::split(a, panels.as_ptr(), n, k, Epilogue::NONE, out, |t| unsafe {
-                portable(t, &task_rows_as_pairs(t))
-            });
+            gemm::split(
+                a,
+                panels.as_ptr(),
+                n,
+                k,
+                Epilogue::NONE,
+                out,
+                |_| (),
+                |t, _| unsafe { portable(t, &task_rows_as_pairs(t)) },
+            );
             assert_eq!(got, want, "{m}x{k}x{n}");
         }
+    }
+
+    /// A row count past what x holds is refused before anything is sized by it
+    /// (the task split would otherwise plan for 2^62 rows).
+    #[test]
+    #[should_panic(expected = "gemm: lhs too small")]
+    fn too_many_rows_are_refused() {
+        let (n, k) = (32, 8);
+        let panels = pack(
+            &PackedWeight::new(&randn(n * k, 1), n, k, WeightType::F32).f32_panels(),
+            n,
+            k,
+        );
+        let (x, mut out) = (vec![1.0; 4 * k], vec![0.0; 4 * n]);
+        let a = Lhs {
+            data: &x,
+            rows: 1 << 62,
+            stride: k,
+        };
+        let o = Out {
+            data: &mut out,
+            stride: n,
+            accumulate: false,
+        };
+        gemm(a, &panels, n, k, Epilogue::NONE, o);
     }
 
     #[test]

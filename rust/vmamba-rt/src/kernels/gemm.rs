@@ -319,20 +319,34 @@ pub fn gemm<E: PanelElem>(a: Lhs, panels: &[E], n: usize, k: usize, ep: Epilogue
     let fits = elements(&[n.div_ceil(NR), NR, k]).is_some_and(|need| need <= panels.len());
     assert!(fits, "gemm: panels too small");
     // SAFETY: `split` checked the operands, and the panels are checked above.
-    split(a, panels.as_ptr(), n, k, ep, out, |t| unsafe { block(t) });
+    split(
+        a,
+        panels.as_ptr(),
+        n,
+        k,
+        ep,
+        out,
+        |_| (),
+        |t, _| unsafe { block(t) },
+    );
 }
 
 /// Check the operands of `out (+)= act(a Wᵀ + bias)` (the panels are the
-/// caller's to check) and run `run` on each task of the output's split, on the
-/// current rayon pool. Tasks write disjoint blocks of `out`.
-pub(super) fn split<E: Sync>(
+/// caller's to check), split the output into tasks, and run `run` on each
+/// task, on the current rayon pool, with what `prepare` made once for all of
+/// them: `prepare` is told whether tasks share rows of x (the split divides
+/// the panels), so that a kernel that converts x can do it once for all.
+/// Tasks write disjoint blocks of `out`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn split<E: Sync, S: Sync>(
     a: Lhs,
     panels: *const E,
     n: usize,
     k: usize,
     ep: Epilogue,
     out: Out,
-    run: impl Fn(&Task<E>) + Sync,
+    prepare: impl FnOnce(bool) -> S,
+    run: impl Fn(&Task<E>, &S) + Sync,
 ) {
     let m = a.rows;
     // Checked sizes: the tiles read and write through pointers, so a product
@@ -355,6 +369,8 @@ pub(super) fn split<E: Sync>(
         return;
     }
     let blocks = Blocks::new(m, n, k, rayon::current_num_threads());
+    let prepared = prepare(blocks.splits_panels());
+    let prepared = &prepared;
     let whole = Task {
         a: a.data.as_ptr(),
         lda: a.stride,
@@ -371,23 +387,20 @@ pub(super) fn split<E: Sync>(
     let whole = &whole; // the tasks share it whole (its pointer fields alone are not Sync)
     let task = |t: usize| {
         let (rows, cols) = blocks.task(t);
-        run(&Task {
-            rows,
-            cols,
-            ..*whole
-        })
+        run(
+            &Task {
+                rows,
+                cols,
+                ..*whole
+            },
+            prepared,
+        )
     };
     if blocks.count() == 1 {
         task(0);
     } else {
         (0..blocks.count()).into_par_iter().for_each(task);
     }
-}
-
-/// True when `split` gives several tasks the same rows of x (it splits the
-/// panels): a kernel that converts x then does it once for all of them.
-pub(super) fn tasks_share_rows(m: usize, n: usize, k: usize) -> bool {
-    Blocks::new(m, n, k, rayon::current_num_threads()).splits_panels()
 }
 
 /// The split of the output into tasks: `row_blocks` near-equal blocks of rows
@@ -832,6 +845,10 @@ mod tests {
     /// operands, bias and accumulation, on one and on several threads.
     #[test]
     fn gemm_matches_reference() {
+        // 130 x 600 x 100 on 3 threads: row blocks of 64 and 66 rows (tail tiles)
+        // and groups of 2 panels.
+        let b = Blocks::new(130, 100, 600, 3);
+        assert!(b.row_blocks > 1 && b.splits_panels(), "{b:?}");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
@@ -847,11 +864,6 @@ mod tests {
             (23, 17, 20),
             (130, 600, 100),
         ] {
-            if m == 130 {
-                // On 3 threads: row blocks of 64 and 66 rows (tail tiles) and groups of 2 panels.
-                let b = Blocks::new(m, n, k, 3);
-                assert!(b.row_blocks > 1 && b.splits_panels(), "{b:?}");
-            }
             let (lda, ldo) = (k + 3, n + 5);
             let x = randn(m * lda, 1);
             let w = randn(n * k, 2);
