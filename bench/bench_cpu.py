@@ -7,7 +7,9 @@ same run on 1 and on all threads, with numpy free to pick its best kernel
 one, are unset in the children that measure numpy alone), and every row reports
 its FLOP rate as a fraction of the rate for its thread count; rows come with
 float32 and with bfloat16 (bf16 arithmetic where the CPU has AVX512_BF16). Then, for vmamba-tiny-s1l8 at 224: the time of each kind of
-op in one forward pass (`VMamba::profile`), on 1 and on all threads, and the
+op in one forward pass (`VMamba::profile`), on 1 and on all threads, with the
+floor it sets for bfloat16 (the pass with its GEMMs at half the float32 time, the
+most the bf16 instructions give, and the other ops as they are), and the
 model's own GEMM shapes (read from its execution plan): numpy's GEMM against
 ours, float32 and bfloat16 weights, on 1 and on all threads.
 
@@ -293,6 +295,16 @@ def main():
         rate = gemm_gflop / prof[dtype, t]["linear"]
         print(f"GEMMs inside the model, {dtype}, {t} thread{'s' * (t > 1)}: {gemm_gflop:.2f} GFLOP at"
               f" {rate:.1f} GFLOP/s = {rate / peak[t]:.2f} of sgemm")
+    for t in thread_counts:
+        # How low bf16 could go with the rest of the pass as it is: a bf16 multiply-add
+        # instruction does twice the products of an f32 FMA on the same register, so its
+        # GEMMs can at best take half the float32 ones' time, or run at twice the sgemm rate.
+        f32, bf16 = prof["float32", t], prof["bfloat16", t]
+        rest = total["bfloat16", t] - bf16["linear"]
+        half, at_peak = (f32["linear"] / 2 + rest, gemm_gflop / (2 * peak[t]) + rest)
+        print(f"bf16 floor, {t} thread{'s' * (t > 1)}: the other ops take {rest * 1e3:.1f} ms; with the GEMMs"
+              f" at half the float32 time {half / total['float32', t]:.2f}x float32, at twice the sgemm rate"
+              f" {at_peak / total['float32', t]:.2f}x (now {total['bfloat16', t] / total['float32', t]:.2f}x)")
 
     rates = {}
     for t in thread_counts:

@@ -766,7 +766,10 @@ impl<E: PanelElem> Task<'_, E> {
             let width = NR.min(self.n - col);
             let mut bias = [0.0f32; NR];
             if let Some(b) = self.ep.bias {
-                bias[..width].copy_from_slice(&b[col..col + width]);
+                match <&[f32; NR]>::try_from(&b[col..col + width]) {
+                    Ok(whole) => bias = *whole,
+                    Err(_) => bias[..width].copy_from_slice(&b[col..col + width]),
+                }
             }
             for (i, row) in acc.iter().enumerate().take(live) {
                 // All 16 lanes through the epilogue (fixed width: vector code), then the live ones stored.
@@ -776,7 +779,15 @@ impl<E: PanelElem> Task<'_, E> {
                 }
                 let dst =
                     std::slice::from_raw_parts_mut(self.out.0.add((r + i) * self.ldo + col), width);
-                if self.accumulate {
+                // A whole panel (all but a last narrow one) as fixed-width vector code: a
+                // copy of `width` values is a call to memcpy, for each row of every tile.
+                if let Ok(dst) = <&mut [f32; NR]>::try_from(&mut *dst) {
+                    if self.accumulate {
+                        (0..NR).for_each(|j| dst[j] += v[j]);
+                    } else {
+                        *dst = v;
+                    }
+                } else if self.accumulate {
                     dst.iter_mut().zip(&v).for_each(|(d, v)| *d += v);
                 } else {
                     dst.copy_from_slice(&v[..width]);
