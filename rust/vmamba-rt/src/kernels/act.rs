@@ -3,16 +3,22 @@
 use rayon::prelude::*;
 
 use super::math;
-use super::simd::dispatch;
+use super::simd::{dispatch_fma, Fma, Separate};
 use crate::variant::Act;
 
 /// `act(v)`.
 #[inline(always)]
 pub fn apply(act: Act, v: f32) -> f32 {
+    apply_with::<Separate>(act, v)
+}
+
+/// `act(v)` with the multiply-adds of `F` (where the activation has any).
+#[inline(always)]
+pub(crate) fn apply_with<F: Fma>(act: Act, v: f32) -> f32 {
     match act {
         Act::None => v,
         Act::Silu => math::silu(v),
-        Act::Gelu => math::gelu(v),
+        Act::Gelu => math::gelu_with::<F>(v),
         // NaN stays NaN, as in PyTorch.
         Act::Relu => {
             if v < 0.0 {
@@ -31,11 +37,11 @@ pub fn apply(act: Act, v: f32) -> f32 {
 /// loops, not closures: closures are not compiled with the caller's target
 /// features.
 #[inline(always)]
-pub(super) fn act_body(x: &mut [f32], act: Act) {
+pub(super) fn act_body<F: Fma>(x: &mut [f32], act: Act) {
     macro_rules! each {
         ($kind:expr) => {
             for v in x.iter_mut() {
-                *v = apply($kind, *v);
+                *v = apply_with::<F>($kind, *v);
             }
         };
     }
@@ -48,7 +54,7 @@ pub(super) fn act_body(x: &mut [f32], act: Act) {
     }
 }
 
-dispatch!(fn act_chunk(x: &mut [f32], act: Act) => act_body);
+dispatch_fma!(fn act_chunk(x: &mut [f32], act: Act) => act_body);
 
 /// `x = act(x)` in place.
 pub fn act_inplace(x: &mut [f32], act: Act) {

@@ -127,7 +127,7 @@ fn dwconv_act_row<F: Fma>(
             }
         }
     }
-    act::act_body(out, act);
+    act::act_body::<F>(out, act);
 }
 
 dispatch_fma!(#[allow(clippy::too_many_arguments)] fn dwconv_chunk(x: &[f32], x_stride: usize, h: usize, w: usize, c: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, y: usize, act: Act, out: &mut [f32]) => dwconv_act_row);

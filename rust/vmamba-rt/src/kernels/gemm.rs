@@ -674,19 +674,54 @@ impl<E: PanelElem> Task<'_, E> {
 
     #[inline(always)]
     unsafe fn column<F: Fma, const MR: usize, const NP: usize, const ACT: usize>(&self, p: usize) {
+        let panel_bytes = NR * self.k * std::mem::size_of::<E>();
+        let ahead = |r: usize| self.ahead(r, MR, p, NP, panel_bytes, self.k);
         let mut r = self.rows.start;
         while r + MR <= self.rows.end {
-            self.tile_at::<F, MR, NP, ACT>(r, MR, p);
+            self.tile_at::<F, MR, NP, ACT>(r, MR, p, ahead(r));
             r += MR;
         }
         let rest = self.rows.end - r;
         if rest > 0 && !tail_in_small_tiles(rest, MR) {
-            return self.tile_at::<F, MR, NP, ACT>(r, rest, p);
+            return self.tile_at::<F, MR, NP, ACT>(r, rest, p, ahead(r));
         }
         while r < self.rows.end {
             let live = TAIL_ROWS.min(self.rows.end - r);
-            self.tile_at::<F, TAIL_ROWS, NP, ACT>(r, live, p);
+            self.tile_at::<F, TAIL_ROWS, NP, ACT>(r, live, p, ahead(r));
             r += TAIL_ROWS;
+        }
+    }
+
+    /// What the tile at row `r` of the column at panel `p` (`np` panels of
+    /// `panel_bytes`, `steps` steps of K) asks for ahead of need: its share of
+    /// the panels of the column's next step, and, for the task's first tile,
+    /// its own panels.
+    #[inline(always)]
+    pub(super) fn ahead(
+        &self,
+        r: usize,
+        mr: usize,
+        p: usize,
+        np: usize,
+        panel_bytes: usize,
+        steps: usize,
+    ) -> Ahead {
+        let next = p + np;
+        let bytes = (self.cols.end.min(next + np).saturating_sub(next)) * panel_bytes;
+        let tiles = self.rows.len().div_ceil(mr);
+        let lines = share(
+            bytes.div_ceil(LINE),
+            tiles,
+            (r - self.rows.start) / mr,
+            steps,
+        );
+        let panels = self.panels.cast::<u8>();
+        Ahead {
+            at: panels.wrapping_add(next * panel_bytes + lines.start * LINE),
+            lines: lines.len(),
+            own: panels.wrapping_add(p * panel_bytes),
+            own_stride: panel_bytes,
+            lead: r == self.rows.start && p == self.cols.start,
         }
     }
 
@@ -698,11 +733,11 @@ impl<E: PanelElem> Task<'_, E> {
         for r in self.rows.clone() {
             let mut p = self.cols.start;
             while p + ROW_PANELS <= self.cols.end {
-                self.tile_at::<F, 1, ROW_PANELS, ACT>(r, 1, p);
+                self.tile_at::<F, 1, ROW_PANELS, ACT>(r, 1, p, Ahead::NONE);
                 p += ROW_PANELS;
             }
             while p < self.cols.end {
-                self.tile_at::<F, 1, 1, ACT>(r, 1, p);
+                self.tile_at::<F, 1, 1, ACT>(r, 1, p, Ahead::NONE);
                 p += 1;
             }
         }
@@ -715,6 +750,7 @@ impl<E: PanelElem> Task<'_, E> {
         r: usize,
         live: usize,
         p: usize,
+        ahead: Ahead,
     ) {
         self.prefetch_out::<NP>(r, live, p);
         let acc = tile::<E, F, MR, NP>(
@@ -723,8 +759,9 @@ impl<E: PanelElem> Task<'_, E> {
             live,
             self.panels.add(p * NR * self.k),
             self.k,
+            ahead,
         );
-        self.store::<MR, NP, ACT>(&acc, r, live, p);
+        self.store::<F, MR, NP, ACT>(&acc, r, live, p);
     }
 
     /// Ask for the cache lines a tile at row `r`, panel `p` will write, before
@@ -753,7 +790,7 @@ impl<E: PanelElem> Task<'_, E> {
     /// Write `live` rows of a tile at row `r`, panel `p`: only columns below N,
     /// through the epilogue, added to `out` when accumulating.
     #[inline(always)]
-    pub(super) unsafe fn store<const MR: usize, const NP: usize, const ACT: usize>(
+    pub(super) unsafe fn store<F: Fma, const MR: usize, const NP: usize, const ACT: usize>(
         &self,
         acc: &[[[f32; NR]; NP]; MR],
         r: usize,
@@ -775,7 +812,7 @@ impl<E: PanelElem> Task<'_, E> {
                 // All 16 lanes through the epilogue (fixed width: vector code), then the live ones stored.
                 let mut v = [0.0f32; NR];
                 for j in 0..NR {
-                    v[j] = act::apply(act, row[q][j] + bias[j]);
+                    v[j] = act::apply_with::<F>(act, row[q][j] + bias[j]);
                 }
                 let dst =
                     std::slice::from_raw_parts_mut(self.out.0.add((r + i) * self.ldo + col), width);
@@ -797,6 +834,77 @@ impl<E: PanelElem> Task<'_, E> {
     }
 }
 
+/// Bytes in a cache line.
+const LINE: usize = 64;
+/// How far ahead of its K loop a task's first tile asks for its own panels, in
+/// lines (steps of K).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const LEAD: usize = 12;
+
+/// Cache lines of weight panels a tile asks for while it runs, one a step of
+/// its K loop: its share of the panels the column's next step reads (each of
+/// the column's tiles an equal part), and, for the first tile of a task, its
+/// own panels `LEAD` lines ahead of their use. A model's weights are not in
+/// cache from one pass to the next (a bf16 VMamba-T's 60 MB against a 32 MB
+/// L3), and a step's first tile would read them from memory as it goes,
+/// through a hardware prefetcher that starts over at each 4 KB page: a
+/// stage-4 MLP (49 x 768 x 3072) whose weight was not in cache ran at 0.73 of
+/// its rate with it in cache, on a Zen 5.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by x86-64's prefetch alone
+pub(super) struct Ahead {
+    /// The first line of the share of the next step's panels, and how many.
+    at: *const u8,
+    lines: usize,
+    /// The tile's own panels, `own_stride` bytes apart, asked for when `lead`.
+    own: *const u8,
+    own_stride: usize,
+    lead: bool,
+}
+
+/// The lines of `all` that tile `tile` of `tiles` asks for, one at each of
+/// its `steps` steps: consecutive equal parts, in order.
+fn share(all: usize, tiles: usize, tile: usize, steps: usize) -> std::ops::Range<usize> {
+    let part = all.div_ceil(tiles.max(1));
+    let first = (tile * part).min(all);
+    first..first + part.min(all - first).min(steps)
+}
+
+impl Ahead {
+    /// Nothing asked for.
+    pub(super) const NONE: Ahead = Ahead {
+        at: std::ptr::null(),
+        lines: 0,
+        own: std::ptr::null(),
+        own_stride: 0,
+        lead: false,
+    };
+
+    /// Ask for what step `s` of K asks for; `np` panels are the tile's own.
+    #[inline(always)]
+    pub(super) fn step(&self, s: usize, np: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // A prefetch reads nothing the program sees and never faults, so an
+            // address past the panels (the last steps' lead) is harmless.
+            let ask = |at: *const u8| unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
+            if s < self.lines {
+                ask(self.at.wrapping_add(s * LINE));
+            }
+            if self.lead {
+                for q in 0..np {
+                    ask(self
+                        .own
+                        .wrapping_add(q * self.own_stride + (s + LEAD) * LINE));
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (s, np); // elsewhere the hardware's prefetcher alone
+    }
+}
+
 /// The MR x (NP*16) tile at `a` (rows `lda` apart, `live` of them real: the
 /// others repeat the last and are not stored) times NP panels from `b`.
 #[inline(always)]
@@ -806,6 +914,7 @@ unsafe fn tile<E: PanelElem, F: Fma, const MR: usize, const NP: usize>(
     live: usize,
     b: *const E,
     k: usize,
+    ahead: Ahead,
 ) -> [[[f32; NR]; NP]; MR] {
     let mut acc = [[[0.0f32; NR]; NP]; MR];
     let mut rows = [a; MR];
@@ -813,6 +922,7 @@ unsafe fn tile<E: PanelElem, F: Fma, const MR: usize, const NP: usize>(
         *r = a.add(i.min(live - 1) * lda);
     }
     for kk in 0..k {
+        ahead.step(kk, NP);
         let mut w = [[0.0f32; NR]; NP];
         for (q, wq) in w.iter_mut().enumerate() {
             *wq = E::load(b.add((q * k + kk) * NR));
@@ -850,6 +960,42 @@ mod tests {
     use super::*;
     use crate::kernels::simd::Separate;
     use crate::testutil::{max_abs_diff, randn};
+
+    /// The tiles of a column ask for each line of the next step's panels once,
+    /// in order, and for nothing past them; all of them where each tile has a
+    /// step of K for each of its lines.
+    #[test]
+    fn tiles_share_the_next_panels() {
+        for (all, tiles, steps) in [
+            (768, 17, 384),
+            (1536, 5, 384),
+            (64, 3, 96),
+            (0, 4, 8),
+            (7, 9, 1),
+            (2, 1, 1),
+            (100, 1, 60),
+        ] {
+            let mut next = 0;
+            for tile in 0..tiles + 2 {
+                // Tail tiles may count past `tiles` (they share the last index in `ahead`).
+                let lines = share(all, tiles, tile.min(tiles - 1), steps);
+                assert!(
+                    lines.end <= all && lines.len() <= steps,
+                    "{all} {tiles} {steps}: {lines:?}"
+                );
+                if tile < tiles {
+                    assert!(
+                        lines.start == next || lines.is_empty(),
+                        "{all} {tiles} {steps}: {lines:?}"
+                    );
+                    next = next.max(lines.end);
+                }
+            }
+            if all.div_ceil(tiles) <= steps {
+                assert_eq!(next, all, "{all} {tiles} {steps}");
+            }
+        }
+    }
 
     /// The packed GEMM against the reference on shapes that cover every edge of
     /// the tiling (rows and columns short of a tile or panel, K of 1), strided

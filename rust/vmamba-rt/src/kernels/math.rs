@@ -105,29 +105,42 @@ pub(crate) fn softplus_with<F: Fma>(x: f32) -> f32 {
 /// multiply-adds, no branch: the GELU of every MLP runs through it.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_with::<Separate>(x)
+}
+
+/// `erf` with the multiply-adds of `F`: fused, they are half the instructions
+/// of the GELU that ends every MLP's first GEMM.
+#[inline(always)]
+pub(crate) fn erf_with<F: Fma>(x: f32) -> f32 {
     // Beyond |x| = 4, erf is ±1 to f32 precision; NaN fails the test and goes through.
     let x = if x.abs() > 4.0 { 4.0f32.copysign(x) } else { x };
     let z = x * x;
     let mut p = -1.371_438_8e-8_f32;
-    p = p * z + 4.789_109e-6;
-    p = p * z + 3.830_216e-4;
-    p = p * z + 3.841_438_3e-3;
-    p = p * z + 5.434_327_2e-2;
-    p = p * z + 1.847_353_9e-1;
-    p = p * z + std::f32::consts::FRAC_2_SQRT_PI; // the fit gives erf'(0) itself
+    p = F::fma(p, z, 4.789_109e-6);
+    p = F::fma(p, z, 3.830_216e-4);
+    p = F::fma(p, z, 3.841_438_3e-3);
+    p = F::fma(p, z, 5.434_327_2e-2);
+    p = F::fma(p, z, 1.847_353_9e-1);
+    p = F::fma(p, z, std::f32::consts::FRAC_2_SQRT_PI); // the fit gives erf'(0) itself
     let mut q = 6.408_911e-5_f32;
-    q = q * z + 1.310_396_1e-3;
-    q = q * z + 1.545_863_7e-2;
-    q = q * z + 1.138_431_3e-1;
-    q = q * z + 4.970_510_3e-1;
-    q = q * z + 1.0;
+    q = F::fma(q, z, 1.310_396_1e-3);
+    q = F::fma(q, z, 1.545_863_7e-2);
+    q = F::fma(q, z, 1.138_431_3e-1);
+    q = F::fma(q, z, 4.970_510_3e-1);
+    q = F::fma(q, z, 1.0);
     (x * p / q).clamp(-1.0, 1.0)
 }
 
 /// Exact (erf) GELU: x/2 * (1 + erf(x / sqrt 2)).
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+    gelu_with::<Separate>(x)
+}
+
+/// `gelu` with the multiply-adds of `F`.
+#[inline(always)]
+pub(crate) fn gelu_with<F: Fma>(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_with::<F>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// SiLU(x) = x * sigmoid(x).
@@ -163,14 +176,16 @@ mod tests {
 
     #[test]
     fn erf_matches_libm() {
+        use crate::kernels::simd::Fused;
         let mut x = -6.0f32;
         while x < 6.0 {
-            assert!(
-                (erf(x) - libm::erff(x)).abs() < 4e-7 * libm::erff(x).abs().max(0.1),
-                "erf({x}) = {} vs {}",
-                erf(x),
-                libm::erff(x)
-            );
+            for (got, how) in [(erf(x), "separate"), (erf_with::<Fused>(x), "fused")] {
+                assert!(
+                    (got - libm::erff(x)).abs() < 4e-7 * libm::erff(x).abs().max(0.1),
+                    "erf({x}) = {got} ({how} multiply-adds) vs {}",
+                    libm::erff(x)
+                );
+            }
             x += 0.001;
         }
         assert!(erf(f32::NAN).is_nan());
