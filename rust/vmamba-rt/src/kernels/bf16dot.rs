@@ -290,10 +290,10 @@ mod avx512 {
             return;
         }
         let kp = pairs(t.k);
+        let panel_bytes = 2 * NR * kp * std::mem::size_of::<Bf16>();
         let mut p = t.cols.start;
         while p < t.cols.end {
             let step = if p + NP <= t.cols.end { NP } else { 1 };
-            let panel_bytes = 2 * NR * kp * std::mem::size_of::<Bf16>();
             let ahead = |i: usize| t.ahead(t.rows.start + i, MR, p, step, panel_bytes, kp);
             let mut i = 0;
             while i + MR <= rows {
