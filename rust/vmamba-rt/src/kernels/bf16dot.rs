@@ -162,12 +162,13 @@ pub fn gemm(a: Lhs, panels: &[Bf16], n: usize, k: usize, ep: Epilogue, out: Out)
 fn lhs_as_pairs(a: &Lhs, k: usize) -> Vec<u32> {
     use rayon::prelude::*;
     let kp = pairs(k);
-    let chunk = (1 << 14) / kp.max(1) + 1; // rows a task converts: about 16K pairs
+    let row_len = kp.max(1); // a K of 0 has no pairs (and no chunks of them)
+    let chunk = (1 << 14) / row_len + 1; // rows a task converts: about 16K pairs
     rows_as_pairs(a.rows, kp, |x| {
-        x.par_chunks_mut(chunk * kp.max(1))
+        x.par_chunks_mut(chunk * row_len)
             .enumerate()
             .for_each(|(c, dst)| {
-                for (i, row) in dst.chunks_exact_mut(kp.max(1)).enumerate() {
+                for (i, row) in dst.chunks_exact_mut(row_len).enumerate() {
                     let r = c * chunk + i;
                     round_row(&a.data[r * a.stride..r * a.stride + k], row);
                 }

@@ -770,21 +770,16 @@ impl<E: PanelElem> Task<'_, E> {
     /// 3136 x 384).
     #[inline(always)]
     pub(super) unsafe fn prefetch_out<const NP: usize>(&self, r: usize, live: usize, p: usize) {
-        #[cfg(target_arch = "x86_64")]
         for i in 0..live {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             for q in 0..NP {
                 let col = (p + q) * NR;
                 if col < self.n {
-                    // A prefetch never faults; these addresses are in `out` anyway.
-                    let at = self.out.0.add((r + i) * self.ldo + col) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(at);
-                    _mm_prefetch::<_MM_HINT_T0>(at.add(4 * (NR.min(self.n - col) - 1)));
+                    let at = self.out.0.add((r + i) * self.ldo + col) as *const u8;
+                    prefetch(at);
+                    prefetch(at.add(4 * (NR.min(self.n - col) - 1)));
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (r, live, p); // elsewhere the hardware's prefetcher alone
     }
 
     /// Write `live` rows of a tile at row `r`, panel `p`: only columns below N,
@@ -838,8 +833,21 @@ impl<E: PanelElem> Task<'_, E> {
 const LINE: usize = 64;
 /// How far ahead of its K loop a task's first tile asks for its own panels, in
 /// lines (steps of K).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const LEAD: usize = 12;
+
+/// Ask for the cache line at `at` (`prefetcht0`) on x86-64; elsewhere nothing,
+/// the hardware's prefetcher alone. A prefetch reads nothing the program sees
+/// and never faults, so any address will do.
+#[inline(always)]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: see above; SSE is baseline on x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
 
 /// Cache lines of weight panels a tile asks for while it runs, one a step of
 /// its K loop: its share of the panels the column's next step reads (each of
@@ -851,7 +859,6 @@ const LEAD: usize = 12;
 /// stage-4 MLP (49 x 768 x 3072) whose weight was not in cache ran at 0.73 of
 /// its rate with it in cache, on a Zen 5.
 #[derive(Clone, Copy)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by x86-64's prefetch alone
 pub(super) struct Ahead {
     /// The first line of the share of the next step's panels, and how many.
     at: *const u8,
@@ -880,28 +887,21 @@ impl Ahead {
         lead: false,
     };
 
-    /// Ask for what step `s` of K asks for; `np` panels are the tile's own.
+    /// Ask for what step `s` of K asks for; `np` panels are the tile's own (an
+    /// address past the panels, the last steps' lead, is harmless).
     #[inline(always)]
     pub(super) fn step(&self, s: usize, np: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // A prefetch reads nothing the program sees and never faults, so an
-            // address past the panels (the last steps' lead) is harmless.
-            let ask = |at: *const u8| unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
-            if s < self.lines {
-                ask(self.at.wrapping_add(s * LINE));
-            }
-            if self.lead {
-                for q in 0..np {
-                    ask(self
-                        .own
-                        .wrapping_add(q * self.own_stride + (s + LEAD) * LINE));
-                }
+        if s < self.lines {
+            prefetch(self.at.wrapping_add(s * LINE));
+        }
+        if self.lead {
+            for q in 0..np {
+                prefetch(
+                    self.own
+                        .wrapping_add(q * self.own_stride + (s + LEAD) * LINE),
+                );
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (s, np); // elsewhere the hardware's prefetcher alone
     }
 }
 
