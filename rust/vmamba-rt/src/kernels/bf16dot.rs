@@ -181,8 +181,9 @@ fn lhs_as_pairs(a: &Lhs, k: usize) -> Vec<u32> {
 /// # Safety
 /// `t.a` holds the task's rows, `t.lda` apart, each of `t.k` values.
 unsafe fn task_rows_as_pairs(t: &Task<Bf16>) -> Vec<u32> {
-    rows_as_pairs(t.rows.len(), pairs(t.k), |x| {
-        for (r, dst) in t.rows.clone().zip(x.chunks_exact_mut(pairs(t.k).max(1))) {
+    let kp = pairs(t.k);
+    rows_as_pairs(t.rows.len(), kp, |x| {
+        for (r, dst) in t.rows.clone().zip(x.chunks_exact_mut(kp.max(1))) {
             round_row(std::slice::from_raw_parts(t.a.add(r * t.lda), t.k), dst);
         }
     })
