@@ -5,7 +5,10 @@ sgemm rate (best of several float32 2048x2048 numpy matmuls) is measured in the
 same run on 1 and on all threads, with numpy free to pick its best kernel
 (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, which some hosts set to pin an older
 one, are unset in the children that measure numpy alone), and every row reports
-its FLOP rate as a fraction of the rate for its thread count; rows come with
+its FLOP rate as a fraction of the rate for its thread count. Beside it, the
+limit of the multiply-add instructions the GEMMs are made of (`vfmadd231ps`,
+and `vdpbf16ps` where the CPU has it), timed on independent chains in
+registers: the ceiling of any GEMM on this machine. Rows come with
 float32 and with bfloat16 (bf16 arithmetic where the CPU has AVX512_BF16). Then, for vmamba-tiny-s1l8 at 224: the time of each kind of
 op in one forward pass (`VMamba::profile`), on 1 and on all threads, with the
 floor it sets for bfloat16 (the pass with its GEMMs at half the float32 time, the
@@ -33,6 +36,9 @@ import time
 
 # How the linear weights are stored (vmamba_rt.load(..., dtype=)).
 DTYPES = ("float32", "bfloat16")
+
+# The bf16 pass's target, as a fraction of the float32 time (issue #26).
+BF16_TARGET = 0.55
 
 # Model FLOPs (2 x MACs) per 224x224 image, from the issue / paper, scaled by pixels.
 GFLOP_224 = {"vmamba-tiny-s1l8": 9.75, "vanilla-vmamba-tiny": 11.2}
@@ -106,6 +112,15 @@ def sgemm_child(threads: int) -> tuple[float, str]:
                          env=reference_env(threads)).stdout.strip().splitlines()[-1]
     rate, kernel = json.loads(out)
     return rate, kernel
+
+
+def instruction_limits(threads: int) -> dict:
+    """The limit of each multiply-add instruction the GEMMs use, on `threads`
+    threads at once: {"fma": (name, GFLOP/s), "bf16dot": ...}, None where the
+    CPU lacks it. Timed in this process, whose numpy BLAS is idle."""
+    from vmamba_rt import _native
+
+    return {unit: _native.instruction_gflops(unit, threads) for unit in ("fma", "bf16dot")}
 
 
 def host() -> str:
@@ -223,6 +238,7 @@ def main():
                     for threads in thread_counts if (res, batch) == (224, 1) else [cores]:
                         rows.append((preset, dtype, res, batch, threads))
     peak = {t: 0.0 for t in thread_counts}
+    limits = {}  # (unit, threads): (instruction, GFLOP/s), best of the rounds
     times, rss = {row: float("inf") for row in rows}, {row: 0.0 for row in rows}
     for rnd in range(args.rounds):
         if args.rounds > 1:
@@ -230,6 +246,9 @@ def main():
         for t in thread_counts:
             rate, kernel = sgemm_child(t)
             peak[t] = max(peak[t], rate)
+            for unit, got in instruction_limits(t).items():
+                if got and got[1] > limits.get((unit, t), ("", 0.0))[1]:
+                    limits[unit, t] = got
         for row in rows:
             preset, dtype, res, batch, threads = row
             # numpy's OpenBLAS threads would spin beside ours in the child; it needs no BLAS (1 thread).
@@ -249,6 +268,10 @@ def main():
     print(f"machine sgemm (numpy, 2048^3 fp32, best of 5{rounds}; {kernel}"
           + (f"; {pinned} unset for it" if pinned else "") + "): "
           + ", ".join(f"{peak[t]:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t in thread_counts))
+    for unit in ("fma", "bf16dot"):
+        if (unit, 1) in limits:
+            print(f"limit of {limits[unit, 1][0]} (independent multiply-adds in registers, best of 10{rounds}): "
+                  + ", ".join(f"{limits[unit, t][1]:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}" for t in thread_counts))
     hdr = f"| {'model':<20} | weights  | res | batch | threads | ms/img | img/s | GFLOP/s | of sgemm | peak RSS MB |"
     print_header(hdr)
     for row in rows:
@@ -291,10 +314,18 @@ def main():
     for kind in sorted(prof[profiled[0]], key=lambda k: -prof[profiled[0]][k]):
         cells = "".join(f" {prof[run][kind] * 1e3:>7.1f} | {prof[run][kind] / total[run]:>6.0%} |" for run in profiled)
         print(f"| {kind:<17} |{cells}")
+    # The instruction each weight type's GEMMs are made of (bf16 weights widened to f32 where
+    # the CPU has no bf16 dot product).
+    unit = {"float32": "fma", "bfloat16": "bf16dot" if info["bf16_kernel"] == "avx512_bf16" else "fma"}
+
+    def of_limit(dtype, t, rate):
+        name, limit = limits.get((unit[dtype], t), (None, None))
+        return f", {rate / limit:.2f} of {name}'s limit" if limit else ""
+
     for dtype, t in profiled:
         rate = gemm_gflop / prof[dtype, t]["linear"]
         print(f"GEMMs inside the model, {dtype}, {t} thread{'s' * (t > 1)}: {gemm_gflop:.2f} GFLOP at"
-              f" {rate:.1f} GFLOP/s = {rate / peak[t]:.2f} of sgemm")
+              f" {rate:.1f} GFLOP/s = {rate / peak[t]:.2f} of sgemm{of_limit(dtype, t, rate)}")
     for t in thread_counts:
         # How low bf16 could go with the rest of the pass as it is: a bf16 multiply-add
         # instruction does twice the products of an f32 FMA on the same register, so its
@@ -305,6 +336,11 @@ def main():
         print(f"bf16 floor, {t} thread{'s' * (t > 1)}: the other ops take {rest * 1e3:.1f} ms; with the GEMMs"
               f" at half the float32 time {half / total['float32', t]:.2f}x float32, at twice the sgemm rate"
               f" {at_peak / total['float32', t]:.2f}x (now {total['bfloat16', t] / total['float32', t]:.2f}x)")
+        # What the target asks of the GEMMs, with the other ops as they are.
+        left = BF16_TARGET * total["float32", t] - rest
+        need = (f"the GEMMs at {gemm_gflop / left:.1f} GFLOP/s{of_limit('bfloat16', t, gemm_gflop / left)}"
+                if left > 0 else "less time than the other ops take")
+        print(f"bf16 at {BF16_TARGET}x float32, {t} thread{'s' * (t > 1)}: needs {need}")
 
     rates = {}
     for t in thread_counts:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import vmamba_rt
 from vmamba_rt import _native
 
 from conftest import GOLDEN, rel_err
@@ -28,3 +29,20 @@ def test_gemm_timer_runs_and_refuses_absurd_shapes():
                 (4, 4, 4, 1, 10**9)]:
         with pytest.raises(_native.VMambaError, match="out of range"):
             _native.gemm_gflops(*bad)
+
+
+def test_instruction_limit_measured_where_the_cpu_has_it():
+    info = vmamba_rt.cpu_info()
+    fma, dot = _native.instruction_gflops("fma", 2), _native.instruction_gflops("bf16dot", 1)
+    assert (fma is not None) == (info["kernels"] in ("avx512", "avx2+fma"))
+    if info["bf16_kernel"] == "avx512_bf16":
+        assert dot is not None and dot[0] == "vdpbf16ps zmm"
+    if "avx512_bf16" not in info["bf16_instructions"]:
+        assert dot is None
+    for got in (fma, dot):
+        if got is not None:
+            # Above 1 GFLOP/s and below four 512-bit units a core at 10 GHz (2 threads).
+            assert 1 < got[1] < 2 * 10 * 4 * 64, got
+    for bad in [("fma", 0), ("fma", 1025), ("avx", 1), ("", 1)]:
+        with pytest.raises(_native.VMambaError, match="instruction_gflops"):
+            _native.instruction_gflops(*bad)

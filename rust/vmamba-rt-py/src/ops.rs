@@ -260,6 +260,35 @@ fn gemm_gflops(
     })
 }
 
+/// The limit of a multiply-add instruction, `unit` "fma" (f32, the widest the
+/// kernels use) or "bf16dot" (`vdpbf16ps`), on `threads` threads at once:
+/// (instruction, GFLOP/s), or None where the CPU lacks it.
+#[pyfunction]
+fn instruction_gflops(
+    py: Python<'_>,
+    unit: &str,
+    threads: usize,
+) -> PyResult<Option<(&'static str, f64)>> {
+    use vmamba_rt::kernels::limits::{gflops, Unit};
+    let unit = match unit {
+        "fma" => Unit::Fma,
+        "bf16dot" => Unit::Bf16Dot,
+        _ => {
+            return Err(VMambaError::new_err(format!(
+                "instruction_gflops: unit must be 'fma' or 'bf16dot', got {unit:?}"
+            )))
+        }
+    };
+    let threads = std::num::NonZeroUsize::new(threads)
+        .filter(|t| t.get() <= 1024)
+        .ok_or_else(|| {
+            VMambaError::new_err(format!(
+                "instruction_gflops: threads must be 1 to 1024, got {threads}"
+            ))
+        })?;
+    py.detach(|| guarded(|| Ok(gflops(unit, threads).map(|l| (l.instruction, l.gflops)))))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(selective_scan, m)?)?;
     m.add_function(wrap_pyfunction!(cross_scan_ref, m)?)?;
@@ -267,5 +296,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_op, m)?)?;
     m.add_function(wrap_pyfunction!(scan_order, m)?)?;
     m.add_function(wrap_pyfunction!(gemm_gflops, m)?)?;
+    m.add_function(wrap_pyfunction!(instruction_gflops, m)?)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod conv;
 pub mod cross_scan;
 pub mod gemm;
 pub mod layout;
+pub mod limits;
 pub mod math;
 pub mod norm;
 pub mod pool;

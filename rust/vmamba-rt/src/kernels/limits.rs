@@ -1,0 +1,200 @@
+//! The arithmetic limit of the cores, measured: how many FLOPs a second the
+//! multiply-add instructions the GEMM kernels use can retire, each timed on
+//! independent chains held in registers, so that neither memory nor the
+//! instruction's latency holds it back. numpy's sgemm is one implementation's
+//! reach; this is the instruction's, the ceiling of every GEMM (benchmarks
+//! only: nothing in a forward pass calls it).
+
+use std::num::NonZeroUsize;
+use std::sync::Barrier;
+use std::time::Instant;
+
+/// An instruction whose rate [`gflops`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// The f32 multiply-add of the running kernels: `vfmadd231ps` on 512-bit
+    /// registers where they are the AVX-512 copy, on 256-bit with AVX2+FMA.
+    Fma,
+    /// `vdpbf16ps` (AVX512_BF16), the bf16 GEMM's: two products a lane.
+    Bf16Dot,
+}
+
+/// One unit's measured rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limit {
+    /// The instruction and register width timed, e.g. "vdpbf16ps zmm".
+    pub instruction: &'static str,
+    /// FLOPs a second (a multiply-add is two), in billions, all threads together.
+    pub gflops: f64,
+}
+
+/// Loop trips a timing: 24 instructions each, some 3 ms at two a cycle and 4 GHz.
+const TRIPS: u64 = 1_000_000;
+/// Timings a thread makes after a first one that warms the unit up; the best counts.
+const ROUNDS: usize = 10;
+
+/// The rate of `unit` with `threads` threads running it at once (the sum of
+/// their rates, best of a few rounds that start together), or `None` where the
+/// CPU (or this build's target) lacks it.
+pub fn gflops(unit: Unit, threads: NonZeroUsize) -> Option<Limit> {
+    let (instruction, flops_per_trip, run) = kernel(unit)?;
+    let start = Barrier::new(threads.get());
+    let time_one = || {
+        let mut best = f64::INFINITY;
+        for round in 0..=ROUNDS {
+            start.wait();
+            let t = Instant::now();
+            // SAFETY: `kernel` returned `run` only where the CPU has its instructions.
+            unsafe { run(TRIPS) };
+            if round > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        flops_per_trip * TRIPS as f64 / best / 1e9
+    };
+    let rates: Vec<f64> = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads.get()).map(|_| s.spawn(time_one)).collect();
+        let mine = time_one();
+        std::iter::once(Ok(mine))
+            .chain(others.into_iter().map(|h| h.join()))
+            .collect::<Result<_, _>>()
+            .ok()
+    })?;
+    Some(Limit {
+        instruction,
+        gflops: rates.iter().sum(),
+    })
+}
+
+/// What one trip of `unit`'s loop is, for the running CPU: the instruction's
+/// name, its FLOPs, and the loop.
+type Kernel = (&'static str, f64, unsafe fn(u64));
+
+#[cfg(target_arch = "x86_64")]
+fn kernel(unit: Unit) -> Option<Kernel> {
+    use super::simd::{has_avx2, has_avx512};
+    match unit {
+        // 24 instructions a trip: 16 lanes (zmm) or 8 (ymm), 2 FLOPs a lane.
+        Unit::Fma if has_avx512() => Some(("vfmadd231ps zmm", 24.0 * 32.0, x86::fma_zmm)),
+        Unit::Fma if has_avx2() => Some(("vfmadd231ps ymm", 24.0 * 16.0, x86::fma_ymm)),
+        // 24 instructions of 16 lanes, two multiply-adds a lane.
+        Unit::Bf16Dot if super::bf16dot::has_instruction() => {
+            Some(("vdpbf16ps zmm", 24.0 * 64.0, x86::dot_zmm))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel(_unit: Unit) -> Option<Kernel> {
+    None
+}
+
+/// The loops: `trips` times 24 multiply-adds into independent accumulators
+/// from two operands held at zero. 24 chains, not fewer: `vdpbf16ps` takes
+/// about six cycles and issues two a cycle on a Zen 5, where 12 chains reach
+/// only 1.86 a cycle. With 16 registers (AVX2), 12 chains written twice a trip.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+
+    /// One trip: `$insn acc, $a, $b` for each accumulator in turn, `$times`
+    /// times over (the assembler's `.rept`). Every register written is named
+    /// as an output (`clobber_abi` would leave out those a Windows caller
+    /// expects kept).
+    macro_rules! trips {
+        ($trips:expr, $insn:literal, $a:tt, $b:tt, $times:literal, $($acc:tt),*) => {
+            asm!(
+                concat!("vxorps ", $a, ", ", $a, ", ", $a),
+                concat!("vxorps ", $b, ", ", $b, ", ", $b),
+                "2:",
+                concat!(".rept ", $times),
+                $(concat!($insn, " ", $acc, ", ", $a, ", ", $b),)*
+                ".endr",
+                "dec rcx",
+                "jnz 2b",
+                inout("rcx") $trips.max(1) => _,
+                out($a) _,
+                out($b) _,
+                $(out($acc) _,)*
+                options(nostack),
+            )
+        };
+    }
+
+    /// `trips!` on 24 of AVX-512's 32 registers.
+    macro_rules! zmm_trips {
+        ($trips:expr, $insn:literal) => {
+            trips!(
+                $trips, $insn, "zmm30", "zmm31", 1, "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5",
+                "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14",
+                "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23"
+            )
+        };
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fma_zmm(trips: u64) {
+        zmm_trips!(trips, "vfmadd231ps");
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn dot_zmm(trips: u64) {
+        zmm_trips!(trips, "vdpbf16ps");
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[rustfmt::skip]
+    pub(super) unsafe fn fma_ymm(trips: u64) {
+        trips!(trips, "vfmadd231ps", "ymm14", "ymm15", 2,
+            "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", "ymm8", "ymm9",
+            "ymm10", "ymm11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Measured where the CPU has the unit, `None` where it has not, as
+    /// `cpu_info` reports it.
+    #[test]
+    fn measured_where_the_cpu_has_it() {
+        let info = crate::cpu_info();
+        let fma = gflops(Unit::Fma, NonZeroUsize::MIN);
+        let dot = gflops(Unit::Bf16Dot, NonZeroUsize::MIN);
+        assert_eq!(fma.is_some(), matches!(info.kernels, "avx512" | "avx2+fma"));
+        assert_eq!(
+            dot.is_some(),
+            info.bf16_instructions.contains(&"avx512_bf16") && info.kernels == "avx512"
+        );
+        for limit in [fma, dot].into_iter().flatten() {
+            // Above 1 GFLOP/s and below what a core at 10 GHz could issue (four 512-bit units).
+            assert!(
+                limit.gflops > 1.0 && limit.gflops < 10.0 * 4.0 * 64.0,
+                "{limit:?}"
+            );
+        }
+    }
+
+    /// The AVX2 loop, which an AVX-512 CPU never picks, runs at a sane rate too.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_loop_runs() {
+        if !crate::kernels::simd::has_avx2() {
+            eprintln!("skipped: this CPU has no AVX2+FMA");
+            return;
+        }
+        let t = Instant::now();
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        unsafe { x86::fma_ymm(TRIPS) };
+        let gflops = 24.0 * 16.0 * TRIPS as f64 / t.elapsed().as_secs_f64() / 1e9;
+        assert!(gflops > 1.0 && gflops < 10.0 * 4.0 * 64.0, "{gflops}");
+    }
+}
