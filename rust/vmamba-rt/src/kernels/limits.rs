@@ -30,29 +30,29 @@ pub struct Limit {
 
 /// Loop trips a timing: 24 instructions each, some 3 ms at two a cycle and 4 GHz.
 const TRIPS: u64 = 1_000_000;
-/// Timings a thread makes after a first one that warms the unit up; the best counts.
+/// Rounds timed after a first one that warms the unit up; the best counts.
 const ROUNDS: usize = 10;
 
-/// The rate of `unit` with `threads` threads running it at once (the sum of
-/// their rates, best of a few rounds that start together), or `None` where the
-/// CPU (or this build's target) lacks it.
+/// The rate of `unit` with `threads` threads running it at once, or `None`
+/// where the CPU (or this build's target) lacks it. Each round starts the
+/// threads together and lasts until the last one ends; the best round counts
+/// (so that threads beyond the cores share them, as they would in a GEMM).
 pub fn gflops(unit: Unit, threads: NonZeroUsize) -> Option<Limit> {
     let (instruction, flops_per_trip, run) = kernel(unit)?;
     let start = Barrier::new(threads.get());
-    let time_one = || {
-        let mut best = f64::INFINITY;
-        for round in 0..=ROUNDS {
-            start.wait();
-            let t = Instant::now();
-            // SAFETY: `kernel` returned `run` only where the CPU has its instructions.
-            unsafe { run(TRIPS) };
-            if round > 0 {
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-        }
-        flops_per_trip * TRIPS as f64 / best / 1e9
+    // When each round began and ended on one thread.
+    let time_one = || -> Vec<(Instant, Instant)> {
+        (0..=ROUNDS)
+            .map(|_| {
+                start.wait();
+                let begun = Instant::now();
+                // SAFETY: `kernel` returned `run` only where the CPU has its instructions.
+                unsafe { run(TRIPS) };
+                (begun, Instant::now())
+            })
+            .collect()
     };
-    let rates: Vec<f64> = std::thread::scope(|s| {
+    let spans: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
         let others: Vec<_> = (1..threads.get()).map(|_| s.spawn(time_one)).collect();
         let mine = time_one();
         std::iter::once(Ok(mine))
@@ -60,9 +60,17 @@ pub fn gflops(unit: Unit, threads: NonZeroUsize) -> Option<Limit> {
             .collect::<Result<_, _>>()
             .ok()
     })?;
+    // Round 0 warms the unit up.
+    let best = (1..=ROUNDS)
+        .filter_map(|round| {
+            let begun = spans.iter().map(|t| t[round].0).min()?;
+            let ended = spans.iter().map(|t| t[round].1).max()?;
+            Some(ended.duration_since(begun).as_secs_f64())
+        })
+        .fold(f64::INFINITY, f64::min);
     Some(Limit {
         instruction,
-        gflops: rates.iter().sum(),
+        gflops: threads.get() as f64 * flops_per_trip * TRIPS as f64 / best / 1e9,
     })
 }
 
@@ -181,6 +189,24 @@ mod tests {
                 "{limit:?}"
             );
         }
+    }
+
+    /// Threads beyond the cores share them: four times as many threads as
+    /// cores reach no more than the cores do (with a margin for load), where a
+    /// sum of each thread's best alone would count every core four times.
+    #[test]
+    fn threads_beyond_the_cores_share_them() {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let Some(one) = gflops(Unit::Fma, NonZeroUsize::MIN) else {
+            eprintln!("skipped: this CPU has no FMA the kernels use");
+            return;
+        };
+        let over = gflops(Unit::Fma, NonZeroUsize::new(4 * cores).unwrap()).unwrap();
+        assert!(
+            over.gflops < 2.0 * cores as f64 * one.gflops,
+            "{over:?} on {} threads against {one:?} on one",
+            4 * cores
+        );
     }
 
     /// The AVX2 loop, which an AVX-512 CPU never picks, runs at a sane rate too.
