@@ -1,5 +1,8 @@
 """Kernel-level checks against the official op vectors."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -46,3 +49,25 @@ def test_instruction_limit_measured_where_the_cpu_has_it():
     for bad in [("fma", 0), ("fma", 1025), ("avx", 1), ("", 1)]:
         with pytest.raises(_native.VMambaError, match="instruction_gflops"):
             _native.instruction_gflops(*bad)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+@pytest.mark.skipif(vmamba_rt.cpu_info()["kernels"] not in ("avx512", "avx2+fma"),
+                    reason="no FMA the kernels use on this CPU: nothing to measure, no threads started")
+def test_instruction_limit_refuses_threads_it_cannot_start():
+    """Threads that cannot all be started give a typed error, not a wait for
+    ever on the ones that never came (in a child whose address space leaves no
+    room for 1024 thread stacks)."""
+    code = """if True:
+        import resource
+        from vmamba_rt import _native
+        used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (200 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+        try:
+            _native.instruction_gflops("fma", 1024)
+        except _native.VMambaError as e:
+            print(e)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "instruction_gflops: could not start 1024 threads" in out.stdout, out.stdout + out.stderr

@@ -286,7 +286,16 @@ fn instruction_gflops(
                 "instruction_gflops: threads must be 1 to 1024, got {threads}"
             ))
         })?;
-    py.detach(|| guarded(|| Ok(gflops(unit, threads).map(|l| (l.instruction, l.gflops)))))
+    py.detach(|| {
+        guarded(|| {
+            let limit = gflops(unit, threads).map_err(|e| {
+                VMambaError::new_err(format!(
+                    "instruction_gflops: could not start {threads} threads: {e}"
+                ))
+            })?;
+            Ok(limit.map(|l| (l.instruction, l.gflops)))
+        })
+    })
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

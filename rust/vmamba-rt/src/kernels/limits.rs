@@ -6,7 +6,7 @@
 //! only: nothing in a forward pass calls it).
 
 use std::num::NonZeroUsize;
-use std::sync::Barrier;
+use std::sync::{Barrier, OnceLock};
 use std::time::Instant;
 
 /// An instruction whose rate [`gflops`] measures.
@@ -33,15 +33,24 @@ const TRIPS: u64 = 1_000_000;
 /// Rounds timed after a first one that warms the unit up; the best counts.
 const ROUNDS: usize = 10;
 
-/// The rate of `unit` with `threads` threads running it at once, or `None`
-/// where the CPU (or this build's target) lacks it. Each round starts the
-/// threads together and lasts until the last one ends; the best round counts
-/// (so that threads beyond the cores share them, as they would in a GEMM).
-pub fn gflops(unit: Unit, threads: NonZeroUsize) -> Option<Limit> {
-    let (instruction, flops_per_trip, run) = kernel(unit)?;
-    let start = Barrier::new(threads.get());
+/// The rate of `unit` with `threads` threads running it at once, `None`
+/// where the CPU (or this build's target) lacks it, an error where the
+/// threads cannot be started. Each round starts the threads together and
+/// lasts until the last one ends; the best round counts (so that threads
+/// beyond the cores share them, as they would in a GEMM).
+pub fn gflops(unit: Unit, threads: NonZeroUsize) -> std::io::Result<Option<Limit>> {
+    let Some((instruction, flops_per_trip, run)) = kernel(unit) else {
+        return Ok(None);
+    };
+    // The rounds' barrier, set once every thread has started (or `None`, and
+    // the ones started return, if one could not be): a barrier for threads
+    // that never come would hold the others for ever.
+    let gate: OnceLock<Option<Barrier>> = OnceLock::new();
     // When each round began and ended on one thread.
     let time_one = || -> Vec<(Instant, Instant)> {
+        let Some(start) = gate.wait() else {
+            return Vec::new();
+        };
         (0..=ROUNDS)
             .map(|_| {
                 start.wait();
@@ -52,13 +61,23 @@ pub fn gflops(unit: Unit, threads: NonZeroUsize) -> Option<Limit> {
             })
             .collect()
     };
-    let spans: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
-        let others: Vec<_> = (1..threads.get()).map(|_| s.spawn(time_one)).collect();
+    let spans = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads.get())
+            .map(|_| std::thread::Builder::new().spawn_scoped(s, time_one))
+            .collect();
+        let started = others.iter().all(Result::is_ok);
+        let _ = gate.set(started.then(|| Barrier::new(threads.get())));
         let mine = time_one();
-        std::iter::once(Ok(mine))
-            .chain(others.into_iter().map(|h| h.join()))
-            .collect::<Result<_, _>>()
-            .ok()
+        let mut spans = vec![mine];
+        for other in others {
+            // A thread that panicked (it cannot: it only times a loop) is as one not started.
+            spans.push(
+                other?
+                    .join()
+                    .map_err(|_| std::io::Error::other("a thread panicked"))?,
+            );
+        }
+        Ok::<_, std::io::Error>(spans)
     })?;
     // Round 0 warms the unit up.
     let best = (1..=ROUNDS)
@@ -68,10 +87,10 @@ pub fn gflops(unit: Unit, threads: NonZeroUsize) -> Option<Limit> {
             Some(ended.duration_since(begun).as_secs_f64())
         })
         .fold(f64::INFINITY, f64::min);
-    Some(Limit {
+    Ok(Some(Limit {
         instruction,
         gflops: threads.get() as f64 * flops_per_trip * TRIPS as f64 / best / 1e9,
-    })
+    }))
 }
 
 /// What one trip of `unit`'s loop is, for the running CPU: the instruction's
@@ -175,8 +194,8 @@ mod tests {
     #[test]
     fn measured_where_the_cpu_has_it() {
         let info = crate::cpu_info();
-        let fma = gflops(Unit::Fma, NonZeroUsize::MIN);
-        let dot = gflops(Unit::Bf16Dot, NonZeroUsize::MIN);
+        let fma = gflops(Unit::Fma, NonZeroUsize::MIN).unwrap();
+        let dot = gflops(Unit::Bf16Dot, NonZeroUsize::MIN).unwrap();
         assert_eq!(fma.is_some(), matches!(info.kernels, "avx512" | "avx2+fma"));
         assert_eq!(
             dot.is_some(),
@@ -198,11 +217,13 @@ mod tests {
     #[test]
     fn threads_beyond_the_cores_share_them() {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let Some(one) = gflops(Unit::Fma, NonZeroUsize::MIN) else {
+        let Some(one) = gflops(Unit::Fma, NonZeroUsize::MIN).unwrap() else {
             eprintln!("skipped: this CPU has no FMA the kernels use");
             return;
         };
-        let over = gflops(Unit::Fma, NonZeroUsize::new(4 * cores).unwrap()).unwrap();
+        let over = gflops(Unit::Fma, NonZeroUsize::new(4 * cores).unwrap())
+            .unwrap()
+            .unwrap();
         assert!(
             over.gflops < 2.0 * cores as f64 * one.gflops,
             "{over:?} on {} threads against {one:?} on one",
