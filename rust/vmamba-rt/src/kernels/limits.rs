@@ -39,9 +39,19 @@ const ROUNDS: usize = 10;
 /// lasts until the last one ends; the best round counts (so that threads
 /// beyond the cores share them, as they would in a GEMM).
 pub fn gflops(unit: Unit, threads: NonZeroUsize) -> std::io::Result<Option<Limit>> {
-    let Some((instruction, flops_per_trip, run)) = kernel(unit) else {
+    let Some(kernel) = kernel(unit) else {
         return Ok(None);
     };
+    // SAFETY: `kernel` returns a loop only where the CPU has its instructions.
+    unsafe { measure(kernel, threads) }.map(Some)
+}
+
+/// The rate of `kernel`'s loop on `threads` threads at once (see [`gflops`]).
+///
+/// # Safety
+/// The CPU must have the loop's instructions.
+unsafe fn measure(kernel: Kernel, threads: NonZeroUsize) -> std::io::Result<Limit> {
+    let (instruction, flops_per_trip, run) = kernel;
     // The rounds' barrier, set once every thread has started (or `None`, and
     // the ones started return, if one could not be): a barrier for threads
     // that never come would hold the others for ever.
@@ -55,7 +65,7 @@ pub fn gflops(unit: Unit, threads: NonZeroUsize) -> std::io::Result<Option<Limit
             .map(|_| {
                 start.wait();
                 let begun = Instant::now();
-                // SAFETY: `kernel` returned `run` only where the CPU has its instructions.
+                // SAFETY: the caller's promise.
                 unsafe { run(TRIPS) };
                 (begun, Instant::now())
             })
@@ -87,10 +97,10 @@ pub fn gflops(unit: Unit, threads: NonZeroUsize) -> std::io::Result<Option<Limit
             Some(ended.duration_since(begun).as_secs_f64())
         })
         .fold(f64::INFINITY, f64::min);
-    Ok(Some(Limit {
+    Ok(Limit {
         instruction,
         gflops: threads.get() as f64 * flops_per_trip * TRIPS as f64 / best / 1e9,
-    }))
+    })
 }
 
 /// What one trip of `unit`'s loop is, for the running CPU: the instruction's
@@ -101,13 +111,9 @@ type Kernel = (&'static str, f64, unsafe fn(u64));
 fn kernel(unit: Unit) -> Option<Kernel> {
     use super::simd::{has_avx2, has_avx512};
     match unit {
-        // 24 instructions a trip: 16 lanes (zmm) or 8 (ymm), 2 FLOPs a lane.
-        Unit::Fma if has_avx512() => Some(("vfmadd231ps zmm", 24.0 * 32.0, x86::fma_zmm)),
-        Unit::Fma if has_avx2() => Some(("vfmadd231ps ymm", 24.0 * 16.0, x86::fma_ymm)),
-        // 24 instructions of 16 lanes, two multiply-adds a lane.
-        Unit::Bf16Dot if super::bf16dot::has_instruction() => {
-            Some(("vdpbf16ps zmm", 24.0 * 64.0, x86::dot_zmm))
-        }
+        Unit::Fma if has_avx512() => Some(x86::FMA_ZMM),
+        Unit::Fma if has_avx2() => Some(x86::FMA_YMM),
+        Unit::Bf16Dot if super::bf16dot::has_instruction() => Some(x86::DOT_ZMM),
         _ => None,
     }
 }
@@ -124,6 +130,8 @@ fn kernel(_unit: Unit) -> Option<Kernel> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::asm;
+
+    use super::Kernel;
 
     /// One trip: `$insn acc, $a, $b` for each accumulator in turn, `$times`
     /// times over (the assembler's `.rept`). Every register written is named
@@ -148,6 +156,12 @@ mod x86 {
             )
         };
     }
+
+    // 24 instructions a trip: 16 lanes (zmm) or 8 (ymm), 2 FLOPs a lane, or
+    // two multiply-adds a lane for `vdpbf16ps`.
+    pub(super) const FMA_ZMM: Kernel = ("vfmadd231ps zmm", 24.0 * 32.0, fma_zmm);
+    pub(super) const FMA_YMM: Kernel = ("vfmadd231ps ymm", 24.0 * 16.0, fma_ymm);
+    pub(super) const DOT_ZMM: Kernel = ("vdpbf16ps zmm", 24.0 * 64.0, dot_zmm);
 
     /// `trips!` on 24 of AVX-512's 32 registers.
     macro_rules! zmm_trips {
@@ -202,12 +216,13 @@ mod tests {
             info.bf16_instructions.contains(&"avx512_bf16") && info.kernels == "avx512"
         );
         for limit in [fma, dot].into_iter().flatten() {
-            // Above 1 GFLOP/s and below what a core at 10 GHz could issue (four 512-bit units).
-            assert!(
-                limit.gflops > 1.0 && limit.gflops < 10.0 * 4.0 * 64.0,
-                "{limit:?}"
-            );
+            assert!(sane(&limit), "{limit:?}");
         }
+    }
+
+    /// Above 1 GFLOP/s and below what a core at 10 GHz could issue (four 512-bit units).
+    fn sane(limit: &Limit) -> bool {
+        limit.gflops > 1.0 && limit.gflops < 10.0 * 4.0 * 64.0
     }
 
     /// Threads beyond the cores share them: four times as many threads as
@@ -239,10 +254,8 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2+FMA");
             return;
         }
-        let t = Instant::now();
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        unsafe { x86::fma_ymm(TRIPS) };
-        let gflops = 24.0 * 16.0 * TRIPS as f64 / t.elapsed().as_secs_f64() / 1e9;
-        assert!(gflops > 1.0 && gflops < 10.0 * 4.0 * 64.0, "{gflops}");
+        let limit = unsafe { measure(x86::FMA_YMM, NonZeroUsize::MIN) }.unwrap();
+        assert!(sane(&limit), "{limit:?}");
     }
 }
